@@ -1,0 +1,265 @@
+//! One request, from the raw HTTP exchange to the answer: verify, decode, look up, publish.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use http::header::{HeaderValue, CONTENT_LENGTH};
+use http::{HeaderMap, Method, Request};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use sea_orm::DatabaseConnection;
+use serde_json::value::RawValue;
+use tracing::{info, warn, Instrument};
+use uuid::Uuid;
+
+use scanhook_shared::broker::{PublishError, Publisher};
+use scanhook_shared::config::millis;
+use scanhook_shared::topology::long_string;
+use scanhook_shared::{db, ScanEvent, Settings, Topology};
+
+use crate::body::parse_scan_id;
+use crate::lookup::{find_active_case, ActiveCase};
+use crate::patient::PatientId;
+use crate::response::{accepted, Accepted, HttpResponse, Rejection};
+use crate::signature::{SignatureError, Verifier};
+
+const ROUTE_PREFIX: &str = "/v1/webhooks/scans/";
+const SIGNATURE_HEADER: &str = "x-webhook-signature";
+const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Everything a request needs, built once at start-up.
+pub struct App {
+    verifier: Verifier,
+    db: DatabaseConnection,
+    publisher: Publisher,
+    queue: String,
+    max_body_bytes: usize,
+    retry_after_secs: u32,
+    query_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database: {0}")]
+    Database(#[from] sea_orm::DbErr),
+    #[error("broker: {0}")]
+    Broker(#[from] PublishError),
+}
+
+impl App {
+    /// Connects to the database and the broker and declares the queue topology.
+    pub async fn connect(settings: &Settings) -> Result<Self, StartError> {
+        let db = db::connect(&settings.database).await?;
+        let publisher = Publisher::new(
+            &settings.amqp.url,
+            "scanhook-gateway",
+            settings.gateway.publish_channels,
+            millis(settings.amqp.confirm_timeout_ms),
+        )?;
+        let topology = Topology::new(&settings.amqp.queue, &settings.retry_delays());
+        let channel = publisher.channel().await?;
+        topology.declare(&channel, settings.amqp.delivery_limit).await.map_err(PublishError::from)?;
+        drop(channel);
+
+        Ok(Self {
+            verifier: Verifier::new(&settings.webhook_secrets()),
+            db,
+            publisher,
+            queue: topology.work,
+            max_body_bytes: settings.gateway.max_body_bytes,
+            retry_after_secs: settings.gateway.retry_after_secs,
+            query_timeout: millis(settings.database.query_timeout_ms),
+        })
+    }
+
+    /// Answers one request, and leaves one log line saying how it went.
+    pub async fn handle(&self, request: Request<Incoming>) -> HttpResponse {
+        let started = Instant::now();
+        let request_id = request_id(request.headers());
+        let span = tracing::info_span!("request", request_id = %request_id, patient_id = tracing::field::Empty);
+
+        let outcome = self.process(request, &request_id).instrument(span.clone()).await;
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let mut response = match outcome {
+            Ok((response, event_id)) => {
+                span.in_scope(|| info!(status = 202, outcome = "accepted", %event_id, latency_ms, "request"));
+                response
+            }
+            Err(rejection) => {
+                let status = rejection.status().as_u16();
+                span.in_scope(|| match &rejection {
+                    Rejection::Unavailable(_) | Rejection::Internal(_) => warn!(
+                        status, outcome = "failed", reason = rejection.reason(), error = %rejection, latency_ms, "request"
+                    ),
+                    _ => info!(status, outcome = "rejected", reason = rejection.reason(), latency_ms, "request"),
+                });
+                rejection.into_response(self.retry_after_secs)
+            }
+        };
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        response
+    }
+
+    async fn process(
+        &self,
+        request: Request<Incoming>,
+        request_id: &str,
+    ) -> Result<(HttpResponse, Uuid), Rejection> {
+        let (parts, body) = request.into_parts();
+        let segment = route(parts.uri.path())?;
+        if parts.method != Method::POST {
+            return Err(Rejection::MethodNotAllowed);
+        }
+        tracing::Span::current().record("patient_id", segment);
+        let signature = signature_header(&parts.headers)?;
+
+        let body = self.read_body(&parts.headers, body).await?;
+        self.verifier.verify(&signature, &body).map_err(|e| {
+            Rejection::InvalidSignature(match e {
+                SignatureError::Malformed => "signature_malformed",
+                SignatureError::Mismatch => "signature_mismatch",
+            })
+        })?;
+
+        let scan_id = parse_scan_id(&body)?;
+        let patient = PatientId::parse(segment).ok_or(Rejection::CaseNotFound)?;
+
+        let case = self.active_case(&patient).await?;
+
+        let event = scan_event(&patient, &case, scan_id, &body)?;
+        self.publish(&event, request_id).await?;
+
+        let data = Accepted {
+            patient_id: patient.as_str(),
+            case_number: &case.case_number,
+            event_id: event.event_id,
+        };
+        Ok((accepted(&data), event.event_id))
+    }
+
+    /// The whole body, refusing it from its declared length or once it grows past the limit.
+    async fn read_body(&self, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Rejection> {
+        let limit = self.max_body_bytes;
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
+            return Err(Rejection::PayloadTooLarge { limit });
+        }
+        match Limited::new(body, limit).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+                Err(Rejection::PayloadTooLarge { limit })
+            }
+            Err(err) => Err(Rejection::UnreadableBody(err.to_string())),
+        }
+    }
+
+    async fn active_case(&self, patient: &PatientId) -> Result<ActiveCase, Rejection> {
+        let lookup = tokio::time::timeout(self.query_timeout, find_active_case(&self.db, patient));
+        match lookup.await {
+            Err(_) => Err(Rejection::Unavailable("case lookup timed out".into())),
+            Ok(Err(err)) if db::is_unavailable(&err) => Err(Rejection::Unavailable(err.to_string())),
+            Ok(Err(err)) => Err(Rejection::Internal(err.to_string())),
+            Ok(Ok(None)) => Err(Rejection::CaseNotFound),
+            Ok(Ok(Some(case))) => Ok(case),
+        }
+    }
+
+    async fn publish(&self, event: &ScanEvent, request_id: &str) -> Result<(), Rejection> {
+        let mut headers = FieldTable::default();
+        headers.insert(REQUEST_ID_HEADER.into(), long_string(request_id));
+        let properties = BasicProperties::default()
+            .with_message_id(event.event_id.to_string().into())
+            .with_content_type("application/json".into())
+            .with_timestamp(u64::try_from(event.received_at.timestamp()).unwrap_or_default())
+            .with_headers(headers);
+        self.publisher
+            .publish(&self.queue, &event.to_json(), properties)
+            .await
+            .map_err(|err| Rejection::Unavailable(err.to_string()))
+    }
+}
+
+/// The `patient_id` segment of the one route, or a 404 for any other path.
+fn route(path: &str) -> Result<&str, Rejection> {
+    match path.strip_prefix(ROUTE_PREFIX) {
+        Some(segment) if !segment.contains('/') => Ok(segment),
+        _ => Err(Rejection::NotFound),
+    }
+}
+
+fn signature_header(headers: &HeaderMap) -> Result<Vec<u8>, Rejection> {
+    let mut values = headers.get_all(SIGNATURE_HEADER).iter();
+    let first = values.next().map(HeaderValue::as_bytes).unwrap_or_default();
+    if first.is_empty() {
+        return Err(Rejection::MissingSignature);
+    }
+    if values.next().is_some() {
+        return Err(Rejection::InvalidSignature("signature_repeated"));
+    }
+    Ok(first.to_vec())
+}
+
+/// The caller's `X-Request-Id` when it is a short token, else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+        .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned)
+}
+
+fn scan_event(
+    patient: &PatientId,
+    case: &ActiveCase,
+    scan_id: i64,
+    body: &Bytes,
+) -> Result<ScanEvent, Rejection> {
+    // The body was parsed as JSON already, so it is valid UTF-8 and valid JSON here.
+    let text = std::str::from_utf8(body).map_err(|e| Rejection::Internal(e.to_string()))?;
+    let payload = RawValue::from_string(text.trim().to_owned())
+        .map_err(|e| Rejection::Internal(e.to_string()))?;
+    Ok(ScanEvent {
+        event_id: Uuid::now_v7(),
+        patient_id: patient.as_str().to_owned(),
+        case_id: case.id,
+        case_number: case.case_number.clone(),
+        scan_id,
+        payload,
+        received_at: Utc::now(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_scan_route_matches() {
+        assert_eq!(route("/v1/webhooks/scans/605914").ok(), Some("605914"));
+        assert_eq!(route("/v1/webhooks/scans/").ok(), Some(""));
+        for other in ["/", "/v1/webhooks/scans", "/v1/webhooks/scans/1/", "/v1/webhooks/scans/a/b", "/v2/webhooks/scans/1"] {
+            assert!(matches!(route(other), Err(Rejection::NotFound)), "{other}");
+        }
+    }
+
+    #[test]
+    fn request_ids_are_kept_only_when_tame() {
+        let mut headers = HeaderMap::new();
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&headers), "has space");
+    }
+}

@@ -1,0 +1,86 @@
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use scanhook_gateway::App;
+use scanhook_shared::config::millis;
+use scanhook_shared::{telemetry, Needs, Settings};
+
+/// How long start-up keeps trying to reach the database and the broker.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let settings = match Settings::load() {
+        Ok(settings) => settings,
+        Err(err) => return fail(&err.to_string()),
+    };
+    if let Err(err) = settings.require(&[Needs::Database, Needs::Broker, Needs::WebhookSecret]) {
+        return fail(&err.to_string());
+    }
+    telemetry::init(&settings.log);
+
+    let Some(app) = connect_patiently(&settings).await else {
+        return ExitCode::FAILURE;
+    };
+    let listener = match TcpListener::bind(settings.gateway.listen).await {
+        Ok(listener) => listener,
+        Err(err) => return fail(&format!("cannot listen on {}: {err}", settings.gateway.listen)),
+    };
+    info!(listen = %settings.gateway.listen, queue = %settings.amqp.queue, "gateway ready");
+
+    let options = scanhook_gateway::server::ServerOptions {
+        header_timeout: millis(settings.gateway.header_timeout_ms),
+        shutdown_timeout: millis(settings.gateway.shutdown_timeout_ms),
+    };
+    scanhook_gateway::server::serve(listener, app.into(), options, shutdown_signal()).await;
+    info!("gateway stopped");
+    ExitCode::SUCCESS
+}
+
+async fn connect_patiently(settings: &Settings) -> Option<App> {
+    let started = tokio::time::Instant::now();
+    loop {
+        match App::connect(settings).await {
+            Ok(app) => return Some(app),
+            Err(err) if started.elapsed() < STARTUP_PATIENCE => {
+                warn!(error = %err, "dependencies not ready; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(err) => {
+                error!(error = %err, "giving up on start-up");
+                return None;
+            }
+        }
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("scanhook-gateway: {message}");
+    ExitCode::FAILURE
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    info!("shutdown signal received");
+}

@@ -1,0 +1,46 @@
+//! Database connections and how their errors are told apart.
+
+use sea_orm::sqlx;
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, RuntimeErr};
+
+use crate::config::{millis, DatabaseSettings};
+
+pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(settings.url.expose().to_owned());
+    options
+        .max_connections(settings.max_connections)
+        .min_connections(1)
+        .acquire_timeout(millis(settings.acquire_timeout_ms))
+        .connect_timeout(millis(settings.connect_timeout_ms))
+        .sqlx_logging(false);
+    Database::connect(options).await
+}
+
+/// Whether an error says the database could not be reached or is going away, as opposed to
+/// a query that is wrong in itself. The first kind is worth retrying later.
+pub fn is_unavailable(err: &DbErr) -> bool {
+    match err {
+        DbErr::ConnectionAcquire(_) => true,
+        DbErr::Conn(runtime) | DbErr::Exec(runtime) | DbErr::Query(runtime) => match runtime {
+            RuntimeErr::SqlxError(sqlx_err) => sqlx_unavailable(sqlx_err),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+fn sqlx_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 57P0x: shutdown, cannot connect now; 53: resources.
+            code.starts_with("08") || code.starts_with("57P") || code.starts_with("53")
+        }),
+        _ => false,
+    }
+}

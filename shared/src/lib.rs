@@ -1,0 +1,13 @@
+//! What the scanhook gateway and worker have in common.
+
+pub mod broker;
+pub mod config;
+pub mod db;
+pub mod entities;
+pub mod event;
+pub mod telemetry;
+pub mod topology;
+
+pub use config::{Needs, Secret, Settings};
+pub use event::ScanEvent;
+pub use topology::Topology;

@@ -1,0 +1,225 @@
+//! Consuming the work queue: one broker session at a time, reconnecting when it ends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use sea_orm::DatabaseConnection;
+use tokio::sync::watch;
+use tracing::{error, info, warn, Instrument};
+
+use scanhook_shared::broker::{self, PublishError, Publisher};
+use scanhook_shared::config::millis;
+use scanhook_shared::topology::{
+    header_int, long_string, HEADER_ATTEMPTS, HEADER_FAILED_AT, HEADER_REASON,
+};
+use scanhook_shared::{ScanEvent, Settings, Topology};
+
+use crate::apply::{apply_event, Applied};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker ended the consumer")]
+    ConsumerEnded,
+}
+
+/// What happens to a delivery once it has been looked at.
+enum Decision {
+    Ack,
+    Retry { queue: String, attempts: u32, reason: String },
+    DeadLetter { attempts: u32, reason: String },
+}
+
+/// Handles deliveries; shared by the concurrent tasks of one session.
+pub struct Handler {
+    db: DatabaseConnection,
+    topology: Topology,
+    publisher: Publisher,
+}
+
+impl Handler {
+    pub fn new(db: DatabaseConnection, topology: Topology, publisher: Publisher) -> Self {
+        Self { db, topology, publisher }
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    async fn handle(&self, delivery: Delivery) {
+        let attempts = header_int(delivery.properties.headers().as_ref(), HEADER_ATTEMPTS)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0);
+        let decision = match ScanEvent::from_json(&delivery.data) {
+            Err(err) => {
+                warn!(error = %err, "undecodable message");
+                Decision::DeadLetter { attempts, reason: format!("undecodable event: {err}") }
+            }
+            Ok(event) => {
+                let span = tracing::info_span!(
+                    "event",
+                    event_id = %event.event_id,
+                    patient_id = %event.patient_id,
+                    case_id = event.case_id,
+                );
+                self.decide(&event, attempts).instrument(span).await
+            }
+        };
+        self.settle(delivery, decision).await;
+    }
+
+    async fn decide(&self, event: &ScanEvent, attempts: u32) -> Decision {
+        let started = Instant::now();
+        let outcome = apply_event(&self.db, event).await;
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let lag_ms = (Utc::now() - event.received_at).num_milliseconds();
+
+        match outcome {
+            Ok(Applied::Recorded) => {
+                info!(outcome = "applied", scan_id = event.scan_id, attempts, latency_ms, lag_ms, "event");
+                Decision::Ack
+            }
+            Ok(Applied::Duplicate) => {
+                info!(outcome = "duplicate", attempts, latency_ms, "event");
+                Decision::Ack
+            }
+            Err(err) if err.is_permanent() => {
+                warn!(outcome = "dead_lettered", error = %err, attempts, "event");
+                Decision::DeadLetter { attempts: attempts + 1, reason: err.to_string() }
+            }
+            Err(err) => {
+                let attempts = attempts + 1;
+                match self.topology.retry_after(attempts) {
+                    Some(retry) => {
+                        warn!(
+                            outcome = "retry",
+                            error = %err,
+                            outage = err.is_outage(),
+                            attempts,
+                            delay_ms = retry.delay.as_millis() as u64,
+                            "event"
+                        );
+                        Decision::Retry { queue: retry.name.clone(), attempts, reason: err.to_string() }
+                    }
+                    None => {
+                        error!(outcome = "dead_lettered", error = %err, attempts, "event: retries used up");
+                        Decision::DeadLetter {
+                            attempts,
+                            reason: format!("gave up after {attempts} attempts: {err}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forwards the message where the decision sends it, then acknowledges it; the original is
+    /// only let go once its copy is confirmed by the broker.
+    async fn settle(&self, delivery: Delivery, decision: Decision) {
+        let forwarded = match &decision {
+            Decision::Ack => Ok(()),
+            Decision::Retry { queue, attempts, reason } => {
+                self.forward(&delivery, queue, *attempts, reason, false).await
+            }
+            Decision::DeadLetter { attempts, reason } => {
+                self.forward(&delivery, &self.topology.dead, *attempts, reason, true).await
+            }
+        };
+        let settled = match forwarded {
+            Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+            Err(err) => {
+                // Back to the queue; the queue's delivery limit stops an endless loop.
+                error!(error = %err, "could not forward the event; returning it to the queue");
+                delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await
+            }
+        };
+        if let Err(err) = settled {
+            // The channel is gone; the broker will deliver the message again.
+            warn!(error = %err, "could not settle the delivery");
+        }
+    }
+
+    async fn forward(
+        &self,
+        delivery: &Delivery,
+        queue: &str,
+        attempts: u32,
+        reason: &str,
+        dead: bool,
+    ) -> Result<(), PublishError> {
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(HEADER_ATTEMPTS.into(), AMQPValue::LongLongInt(attempts.into()));
+        headers.insert(HEADER_REASON.into(), long_string(reason));
+        if dead {
+            headers.insert(HEADER_FAILED_AT.into(), long_string(&Utc::now().to_rfc3339()));
+        }
+        let properties = delivery.properties.clone().with_headers(headers);
+        self.publisher.publish(queue, &delivery.data, properties).await
+    }
+}
+
+/// Consumes until `shutdown` turns true (then returns `Ok`) or the session breaks.
+pub async fn run_session(
+    settings: &Settings,
+    handler: Arc<Handler>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), SessionError> {
+    let connection = broker::connect(&settings.amqp.url, "scanhook-worker").await?;
+    let channel = connection.create_channel().await?;
+    handler.topology().declare(&channel, settings.amqp.delivery_limit).await?;
+    channel.basic_qos(settings.worker.prefetch, BasicQosOptions::default()).await?;
+    let consumer = channel
+        .basic_consume(
+            handler.topology().work.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    info!(queue = %handler.topology().work, prefetch = settings.worker.prefetch, "consuming");
+
+    let stop = {
+        let mut shutdown = shutdown.clone();
+        async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        }
+    };
+    let processing = consumer.take_until(stop).for_each_concurrent(
+        settings.worker.concurrency,
+        |delivery| {
+            let handler = Arc::clone(&handler);
+            async move {
+                match delivery {
+                    Ok(delivery) => handler.handle(delivery).await,
+                    Err(err) => warn!(error = %err, "consumer error"),
+                }
+            }
+        },
+    );
+    let deadline = async {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        tokio::time::sleep(millis(settings.worker.shutdown_timeout_ms)).await;
+    };
+    tokio::select! {
+        () = processing => {},
+        () = deadline => warn!("shutdown deadline passed; unfinished events go back to the queue"),
+    }
+
+    let stopping = *shutdown.borrow();
+    // Closing returns every unacknowledged message to the queue for another worker.
+    let _ = channel.close(200, "bye".into()).await;
+    let _ = connection.close(200, "bye".into()).await;
+    if stopping { Ok(()) } else { Err(SessionError::ConsumerEnded) }
+}
+
+/// Waits `delay`, or less if shutdown is asked for meanwhile; `true` when it was.
+pub async fn pause(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let stopped = tokio::time::timeout(delay, shutdown.wait_for(|stop| *stop)).await;
+    matches!(stopped, Ok(Ok(_)))
+}
