@@ -4,26 +4,26 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
-use http::header::{HeaderValue, CONTENT_LENGTH};
+use http::header::{CONTENT_LENGTH, HeaderValue};
 use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use lapin::types::FieldTable;
 use lapin::BasicProperties;
+use lapin::types::FieldTable;
 use sea_orm::DatabaseConnection;
 use serde_json::value::RawValue;
-use tracing::{info, warn, Instrument};
+use tracing::{Instrument, info, warn};
 use uuid::Uuid;
 
 use scanhook_shared::broker::{PublishError, Publisher};
 use scanhook_shared::config::millis;
 use scanhook_shared::topology::long_string;
-use scanhook_shared::{db, ScanEvent, Settings, Topology};
+use scanhook_shared::{ScanEvent, Settings, Topology, db};
 
 use crate::body::parse_scan_id;
-use crate::lookup::{find_active_case, ActiveCase};
+use crate::lookup::{ActiveCase, find_active_case};
 use crate::patient::PatientId;
-use crate::response::{accepted, Accepted, HttpResponse, Rejection};
+use crate::response::{Accepted, HttpResponse, Rejection, accepted};
 use crate::signature::{SignatureError, Verifier};
 
 const ROUTE_PREFIX: &str = "/v1/webhooks/scans/";
@@ -61,7 +61,10 @@ impl App {
         )?;
         let topology = Topology::new(&settings.amqp.queue, &settings.retry_delays());
         let channel = publisher.channel().await?;
-        topology.declare(&channel, settings.amqp.delivery_limit).await.map_err(PublishError::from)?;
+        topology
+            .declare(&channel, settings.amqp.delivery_limit)
+            .await
+            .map_err(PublishError::from)?;
         drop(channel);
 
         Ok(Self {
@@ -85,7 +88,9 @@ impl App {
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         let mut response = match outcome {
             Ok((response, event_id)) => {
-                span.in_scope(|| info!(status = 202, outcome = "accepted", %event_id, latency_ms, "request"));
+                span.in_scope(
+                    || info!(status = 202, outcome = "accepted", %event_id, latency_ms, "request"),
+                );
                 response
             }
             Err(rejection) => {
@@ -165,7 +170,9 @@ impl App {
         let lookup = tokio::time::timeout(self.query_timeout, find_active_case(&self.db, patient));
         match lookup.await {
             Err(_) => Err(Rejection::Unavailable("case lookup timed out".into())),
-            Ok(Err(err)) if db::is_unavailable(&err) => Err(Rejection::Unavailable(err.to_string())),
+            Ok(Err(err)) if db::is_unavailable(&err) => {
+                Err(Rejection::Unavailable(err.to_string()))
+            }
             Ok(Err(err)) => Err(Rejection::Internal(err.to_string())),
             Ok(Ok(None)) => Err(Rejection::CaseNotFound),
             Ok(Ok(Some(case))) => Ok(case),
@@ -249,7 +256,13 @@ mod tests {
     fn only_the_scan_route_matches() {
         assert_eq!(route("/v1/webhooks/scans/605914").ok(), Some("605914"));
         assert_eq!(route("/v1/webhooks/scans/").ok(), Some(""));
-        for other in ["/", "/v1/webhooks/scans", "/v1/webhooks/scans/1/", "/v1/webhooks/scans/a/b", "/v2/webhooks/scans/1"] {
+        for other in [
+            "/",
+            "/v1/webhooks/scans",
+            "/v1/webhooks/scans/1/",
+            "/v1/webhooks/scans/a/b",
+            "/v2/webhooks/scans/1",
+        ] {
             assert!(matches!(route(other), Err(Rejection::NotFound)), "{other}");
         }
     }

@@ -98,7 +98,12 @@ mod tests {
             (br#"{"scan_id":99999999999999999999999}"#, BodyError::ScanIdNotPositiveInteger),
         ];
         for (body, expected) in cases {
-            assert_eq!(parse_scan_id(body).as_ref(), Err(expected), "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                parse_scan_id(body).as_ref(),
+                Err(expected),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 

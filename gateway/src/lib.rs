@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use scanhook_shared::config::millis;
 use scanhook_shared::Settings;
+use scanhook_shared::config::millis;
 
 pub use app::{App, StartError};
 

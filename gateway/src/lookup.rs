@@ -1,8 +1,10 @@
 //! The gateway's one query: a patient's newest active case.
 
-use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 
-use scanhook_shared::entities::{cases, CASE_STATUS_ACTIVE};
+use scanhook_shared::entities::{CASE_STATUS_ACTIVE, cases};
 
 use crate::patient::PatientId;
 

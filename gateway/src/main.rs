@@ -6,7 +6,7 @@ use tracing::{error, info, warn};
 
 use scanhook_gateway::App;
 use scanhook_shared::config::millis;
-use scanhook_shared::{telemetry, Needs, Settings};
+use scanhook_shared::{Needs, Settings, telemetry};
 
 /// How long start-up keeps trying to reach the database and the broker.
 const STARTUP_PATIENCE: Duration = Duration::from_secs(60);

@@ -11,7 +11,9 @@ impl PatientId {
     pub fn parse(segment: &str) -> Option<Self> {
         let well_formed = !segment.is_empty()
             && segment.len() <= MAX_LEN
-            && segment.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         well_formed.then(|| Self(segment.to_owned()))
     }
 

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
@@ -128,8 +128,9 @@ fn envelope<T: Serialize>(
     message: &str,
     data: Option<T>,
 ) -> HttpResponse {
-    let body = serde_json::to_vec(&Envelope { status: ok, message, data })
-        .unwrap_or_else(|_| br#"{"status":false,"message":"Internal server error","data":null}"#.to_vec());
+    let body = serde_json::to_vec(&Envelope { status: ok, message, data }).unwrap_or_else(|_| {
+        br#"{"status":false,"message":"Internal server error","data":null}"#.to_vec()
+    });
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

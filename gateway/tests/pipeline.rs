@@ -5,11 +5,11 @@ mod common;
 use std::time::Duration;
 
 use http::Method;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
-use scanhook_shared::topology::{header_str, HEADER_REASON};
 use scanhook_shared::Secret;
+use scanhook_shared::topology::{HEADER_REASON, header_str};
 
 use common::*;
 
@@ -66,12 +66,16 @@ async fn a_missing_or_empty_signature_is_400() {
     env.insert_case(PATIENT, "CASE-1").await;
     let gateway = env.spawn_gateway().await;
 
-    Post::unsigned(PATIENT, BODY).send(&gateway).await.assert(400, false, "Missing webhook signature");
-    Post::unsigned(PATIENT, BODY)
-        .header("x-webhook-signature", "")
-        .send(&gateway)
-        .await
-        .assert(400, false, "Missing webhook signature");
+    Post::unsigned(PATIENT, BODY).send(&gateway).await.assert(
+        400,
+        false,
+        "Missing webhook signature",
+    );
+    Post::unsigned(PATIENT, BODY).header("x-webhook-signature", "").send(&gateway).await.assert(
+        400,
+        false,
+        "Missing webhook signature",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +89,11 @@ async fn a_wrong_signature_is_401_before_any_database_work() {
     db_link.cut();
 
     let other = scanhook_gateway::signature::sign("not-the-secret", BODY.as_bytes());
-    for header in [other.as_str(), "sha256=abc", "sha1=0225eadb4c5d3a9f8f2f5403324064a64547cc17b1e79c01c1a38844732ada04"] {
+    for header in [
+        other.as_str(),
+        "sha256=abc",
+        "sha1=0225eadb4c5d3a9f8f2f5403324064a64547cc17b1e79c01c1a38844732ada04",
+    ] {
         Post::unsigned(PATIENT, BODY)
             .header("x-webhook-signature", header)
             .send(&gateway)
@@ -94,7 +102,10 @@ async fn a_wrong_signature_is_401_before_any_database_work() {
     }
     // Signed for another body: the signature covers the exact bytes.
     Post::unsigned(PATIENT, BODY)
-        .header("x-webhook-signature", &scanhook_gateway::signature::sign(SECRET, b"{\"scan_id\":2}"))
+        .header(
+            "x-webhook-signature",
+            &scanhook_gateway::signature::sign(SECRET, b"{\"scan_id\":2}"),
+        )
         .send(&gateway)
         .await
         .assert(401, false, "Invalid webhook signature");
@@ -134,7 +145,11 @@ async fn a_body_over_the_limit_is_413() {
     reply.assert(413, false, "Request body too large (limit 1024 bytes)");
 
     let fits = format!(r#"{{"scan_id":1,"pad":"{}"}}"#, "x".repeat(900));
-    Post::signed(PATIENT, &fits).send(&gateway).await.assert(202, true, "Scan update processed successfully");
+    Post::signed(PATIENT, &fits).send(&gateway).await.assert(
+        202,
+        true,
+        "Scan update processed successfully",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,10 +161,11 @@ async fn a_patient_without_an_active_case_is_404() {
 
     let long = "9".repeat(65);
     for patient in ["unknown", "closed-patient", "bad%20id", "caf%C3%A9", long.as_str(), ""] {
-        Post::signed(patient, BODY)
-            .send(&gateway)
-            .await
-            .assert(404, false, "Case With Patient ID not found");
+        Post::signed(patient, BODY).send(&gateway).await.assert(
+            404,
+            false,
+            "Case With Patient ID not found",
+        );
     }
 }
 
@@ -190,7 +206,11 @@ async fn the_broker_unreachable_is_503_and_never_202() {
     let mut settings = env.settings.clone();
     settings.amqp.url = Secret::new(amqp_url);
     let gateway = spawn_gateway(settings).await;
-    Post::signed(PATIENT, BODY).send(&gateway).await.assert(202, true, "Scan update processed successfully");
+    Post::signed(PATIENT, BODY).send(&gateway).await.assert(
+        202,
+        true,
+        "Scan update processed successfully",
+    );
 
     link.cut();
     for _ in 0..3 {

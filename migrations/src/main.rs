@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use scanhook_migrations::{Migrator, MigratorTrait};
-use scanhook_shared::{db, telemetry, Needs, Settings};
+use scanhook_shared::{Needs, Settings, db, telemetry};
 
 #[derive(Parser)]
 #[command(name = "scanhook-migrate", version, about = "Schema migrations of scanhook")]

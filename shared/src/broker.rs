@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult};
 use deadpool::Runtime;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult};
 use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 use crate::config::Secret;
@@ -79,9 +79,10 @@ impl Publisher {
         let mut pool = deadpool_lapin::PoolConfig::new(2);
         pool.timeouts.create = Some(confirm_timeout);
         pool.timeouts.wait = Some(confirm_timeout);
-        let connections = deadpool_lapin::Config { url: Some(url.expose().to_owned()), pool: Some(pool) }
-            .create_pool(move || properties(&name), Runtime::Tokio1)
-            .map_err(|e| PublishError::NoChannel(e.to_string()))?;
+        let connections =
+            deadpool_lapin::Config { url: Some(url.expose().to_owned()), pool: Some(pool) }
+                .create_pool(move || properties(&name), Runtime::Tokio1)
+                .map_err(|e| PublishError::NoChannel(e.to_string()))?;
         let channels = managed::Pool::builder(ChannelManager { connections })
             .max_size(channels.max(1))
             .runtime(Runtime::Tokio1)
@@ -113,9 +114,8 @@ impl Publisher {
         let outcome = tokio::time::timeout(self.confirm_timeout, async {
             let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
             let properties = properties.with_delivery_mode(2);
-            let confirm = channel
-                .basic_publish("".into(), queue.into(), options, body, properties)
-                .await?;
+            let confirm =
+                channel.basic_publish("".into(), queue.into(), options, body, properties).await?;
             confirm.await.map_err(PublishError::from)
         })
         .await;

@@ -196,12 +196,9 @@ mod tests {
 
     #[test]
     fn defaults_load_and_lack_the_secrets() {
-        let settings = Settings::load_with(&[
-            ("database.url", ""),
-            ("amqp.url", ""),
-            ("webhook.secret", ""),
-        ])
-        .expect("defaults parse");
+        let settings =
+            Settings::load_with(&[("database.url", ""), ("amqp.url", ""), ("webhook.secret", "")])
+                .expect("defaults parse");
         assert_eq!(settings.gateway.listen.port(), 8080);
         assert_eq!(settings.gateway.max_body_bytes, 64 * 1024);
         let err = settings.require(&[Needs::Database]).expect_err("url missing");
@@ -218,9 +215,11 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_in_debug_output() {
-        let settings =
-            Settings::load_with(&[("webhook.secret", "hunter2"), ("database.url", "postgres://u:pw@h/db")])
-                .expect("parse");
+        let settings = Settings::load_with(&[
+            ("webhook.secret", "hunter2"),
+            ("database.url", "postgres://u:pw@h/db"),
+        ])
+        .expect("parse");
         let printed = format!("{settings:?}");
         assert!(!printed.contains("hunter2"));
         assert!(!printed.contains("pw@"));

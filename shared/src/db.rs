@@ -3,7 +3,7 @@
 use sea_orm::sqlx;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, RuntimeErr};
 
-use crate::config::{millis, DatabaseSettings};
+use crate::config::{DatabaseSettings, millis};
 
 pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(settings.url.expose().to_owned());

@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
+use lapin::Channel;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::Channel;
 
 /// Failed processing attempts an event has behind it.
 pub const HEADER_ATTEMPTS: &str = "x-scanhook-attempts";

@@ -6,8 +6,10 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QuerySelect, TransactionTrait,
 };
 
-use scanhook_shared::entities::{activity_logs, cases, scans, ACTION_SCAN_UPDATED, CASE_STATUS_ACTIVE};
-use scanhook_shared::{db, ScanEvent};
+use scanhook_shared::entities::{
+    ACTION_SCAN_UPDATED, CASE_STATUS_ACTIVE, activity_logs, cases, scans,
+};
+use scanhook_shared::{ScanEvent, db};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -44,9 +46,12 @@ impl ApplyError {
 /// Records the activity log, upserts the scan and moves the case to this scan, all or nothing.
 /// The case row is locked first, so concurrent events of one case apply one after the other,
 /// and a case never moves back to an update received earlier than the one it shows.
-pub async fn apply_event(db: &DatabaseConnection, event: &ScanEvent) -> Result<Applied, ApplyError> {
-    let payload: serde_json::Value =
-        serde_json::from_str(event.payload.get()).map_err(|e| ApplyError::BadPayload(e.to_string()))?;
+pub async fn apply_event(
+    db: &DatabaseConnection,
+    event: &ScanEvent,
+) -> Result<Applied, ApplyError> {
+    let payload: serde_json::Value = serde_json::from_str(event.payload.get())
+        .map_err(|e| ApplyError::BadPayload(e.to_string()))?;
 
     let txn = db.begin().await?;
     let case = cases::Entity::find_by_id(event.case_id)
@@ -143,7 +148,7 @@ async fn move_case_to_scan(txn: &DatabaseTransaction, event: &ScanEvent) -> Resu
     cases::Entity::update_many()
         .col_expr(cases::Column::LatestScanId, Expr::value(event.scan_id))
         .col_expr(cases::Column::ScanUpdatedAt, Expr::value(event.received_at))
-        .col_expr(cases::Column::UpdatedAt, Expr::current_timestamp().into())
+        .col_expr(cases::Column::UpdatedAt, Expr::current_timestamp())
         .filter(cases::Column::Id.eq(event.case_id))
         .exec(txn)
         .await?;

@@ -10,16 +10,16 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, Bas
 use lapin::types::{AMQPValue, FieldTable};
 use sea_orm::DatabaseConnection;
 use tokio::sync::watch;
-use tracing::{error, info, warn, Instrument};
+use tracing::{Instrument, error, info, warn};
 
 use scanhook_shared::broker::{self, PublishError, Publisher};
 use scanhook_shared::config::millis;
 use scanhook_shared::topology::{
-    header_int, long_string, HEADER_ATTEMPTS, HEADER_FAILED_AT, HEADER_REASON,
+    HEADER_ATTEMPTS, HEADER_FAILED_AT, HEADER_REASON, header_int, long_string,
 };
 use scanhook_shared::{ScanEvent, Settings, Topology};
 
-use crate::apply::{apply_event, Applied};
+use crate::apply::{Applied, apply_event};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -82,7 +82,14 @@ impl Handler {
 
         match outcome {
             Ok(Applied::Recorded) => {
-                info!(outcome = "applied", scan_id = event.scan_id, attempts, latency_ms, lag_ms, "event");
+                info!(
+                    outcome = "applied",
+                    scan_id = event.scan_id,
+                    attempts,
+                    latency_ms,
+                    lag_ms,
+                    "event"
+                );
                 Decision::Ack
             }
             Ok(Applied::Duplicate) => {
@@ -105,7 +112,11 @@ impl Handler {
                             delay_ms = retry.delay.as_millis() as u64,
                             "event"
                         );
-                        Decision::Retry { queue: retry.name.clone(), attempts, reason: err.to_string() }
+                        Decision::Retry {
+                            queue: retry.name.clone(),
+                            attempts,
+                            reason: err.to_string(),
+                        }
                     }
                     None => {
                         error!(outcome = "dead_lettered", error = %err, attempts, "event: retries used up");
@@ -136,7 +147,9 @@ impl Handler {
             Err(err) => {
                 // Back to the queue; the queue's delivery limit stops an endless loop.
                 error!(error = %err, "could not forward the event; returning it to the queue");
-                delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await
+                delivery
+                    .nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() })
+                    .await
             }
         };
         if let Err(err) = settled {
@@ -190,9 +203,8 @@ pub async fn run_session(
             let _ = shutdown.wait_for(|stop| *stop).await;
         }
     };
-    let processing = consumer.take_until(stop).for_each_concurrent(
-        settings.worker.concurrency,
-        |delivery| {
+    let processing =
+        consumer.take_until(stop).for_each_concurrent(settings.worker.concurrency, |delivery| {
             let handler = Arc::clone(&handler);
             async move {
                 match delivery {
@@ -200,8 +212,7 @@ pub async fn run_session(
                     Err(err) => warn!(error = %err, "consumer error"),
                 }
             }
-        },
-    );
+        });
     let deadline = async {
         let _ = shutdown.wait_for(|stop| *stop).await;
         tokio::time::sleep(millis(settings.worker.shutdown_timeout_ms)).await;

@@ -12,9 +12,9 @@ use tracing::{info, warn};
 
 use scanhook_shared::broker::{PublishError, Publisher};
 use scanhook_shared::config::millis;
-use scanhook_shared::{db, Settings, Topology};
+use scanhook_shared::{Settings, Topology, db};
 
-use crate::consumer::{pause, run_session, Handler};
+use crate::consumer::{Handler, pause, run_session};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use scanhook_shared::{telemetry, Needs, Settings};
+use scanhook_shared::{Needs, Settings, telemetry};
 
 /// How long start-up keeps trying to reach the database.
 const STARTUP_PATIENCE: Duration = Duration::from_secs(60);

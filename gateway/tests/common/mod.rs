@@ -26,9 +26,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use scanhook_gateway::server::{serve, ServerOptions};
-use scanhook_gateway::signature::sign;
 use scanhook_gateway::App;
+use scanhook_gateway::server::{ServerOptions, serve};
+use scanhook_gateway::signature::sign;
 use scanhook_migrations::{Migrator, MigratorTrait};
 use scanhook_shared::{Settings, Topology};
 
@@ -164,7 +164,10 @@ impl TestEnv {
     }
 
     /// Takes one message off the dead-letter queue, waiting for it up to `timeout`.
-    pub async fn take_dead_letter(&self, timeout: Duration) -> Option<lapin::message::BasicGetMessage> {
+    pub async fn take_dead_letter(
+        &self,
+        timeout: Duration,
+    ) -> Option<lapin::message::BasicGetMessage> {
         let (connection, channel) = self.broker().await;
         let deadline = Instant::now() + timeout;
         let found = loop {
@@ -354,7 +357,8 @@ pub struct Post {
 impl Post {
     /// A POST to the patient's route, signed with the test secret.
     pub fn signed(patient_id: &str, body: &str) -> Self {
-        Self::unsigned(patient_id, body).header("x-webhook-signature", &sign(SECRET, body.as_bytes()))
+        Self::unsigned(patient_id, body)
+            .header("x-webhook-signature", &sign(SECRET, body.as_bytes()))
     }
 
     pub fn unsigned(patient_id: &str, body: &str) -> Self {
@@ -393,7 +397,8 @@ pub async fn send(addr: SocketAddr, post: Post) -> Reply {
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
     tokio::spawn(connection);
 
-    let mut request = Request::builder().method(post.method).uri(&post.path).header("host", addr.to_string());
+    let mut request =
+        Request::builder().method(post.method).uri(&post.path).header("host", addr.to_string());
     for (name, value) in &post.headers {
         request = request.header(name.as_str(), value.as_str());
     }
