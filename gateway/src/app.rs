@@ -21,6 +21,7 @@ use scanhook_shared::topology::long_string;
 use scanhook_shared::{ScanEvent, Settings, Topology, db};
 
 use crate::body::parse_scan_id;
+use crate::idempotency;
 use crate::lookup::{ActiveCase, find_active_case};
 use crate::patient::PatientId;
 use crate::response::{Accepted, HttpResponse, Rejection, accepted};
@@ -52,7 +53,10 @@ pub enum StartError {
 impl App {
     /// Connects to the database and the broker and declares the queue topology.
     pub async fn connect(settings: &Settings) -> Result<Self, StartError> {
-        let db = db::connect(&settings.database).await?;
+        let db = db::connect_lazy(&settings.database).await?;
+        if let Err(err) = db.ping().await {
+            warn!(error = %err, "database not reachable yet; answering 503 until it is");
+        }
         let publisher = Publisher::new(
             &settings.amqp.url,
             "scanhook-gateway",
@@ -131,12 +135,14 @@ impl App {
             })
         })?;
 
+        let idempotency_key = idempotency::key(&parts.headers)?;
         let scan_id = parse_scan_id(&body)?;
         let patient = PatientId::parse(segment).ok_or(Rejection::CaseNotFound)?;
 
         let case = self.active_case(&patient).await?;
 
-        let event = scan_event(&patient, &case, scan_id, &body)?;
+        let event_id = idempotency::event_id(&patient, idempotency_key);
+        let event = scan_event(event_id, &patient, &case, scan_id, &body)?;
         self.publish(&event, request_id).await?;
 
         let data = Accepted {
@@ -228,6 +234,7 @@ fn request_id(headers: &HeaderMap) -> String {
 }
 
 fn scan_event(
+    event_id: Uuid,
     patient: &PatientId,
     case: &ActiveCase,
     scan_id: i64,
@@ -238,7 +245,7 @@ fn scan_event(
     let payload = RawValue::from_string(text.trim().to_owned())
         .map_err(|e| Rejection::Internal(e.to_string()))?;
     Ok(ScanEvent {
-        event_id: Uuid::now_v7(),
+        event_id,
         patient_id: patient.as_str().to_owned(),
         case_id: case.id,
         case_number: case.case_number.clone(),

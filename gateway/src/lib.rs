@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod body;
+pub mod idempotency;
 pub mod lookup;
 pub mod patient;
 pub mod response;

@@ -9,6 +9,7 @@ use http_body_util::Full;
 use serde::Serialize;
 
 use crate::body::BodyError;
+use crate::idempotency::InvalidKey;
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
@@ -46,6 +47,8 @@ pub enum Rejection {
     UnreadableBody(String),
     #[error("{0}")]
     InvalidBody(#[from] BodyError),
+    #[error("{0}")]
+    InvalidIdempotencyKey(#[from] InvalidKey),
     #[error("no active case for the patient")]
     CaseNotFound,
     #[error("dependency unavailable: {0}")]
@@ -59,7 +62,9 @@ impl Rejection {
         match self {
             Self::NotFound | Self::CaseNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::MissingSignature | Self::UnreadableBody(_) => StatusCode::BAD_REQUEST,
+            Self::MissingSignature | Self::UnreadableBody(_) | Self::InvalidIdempotencyKey(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -80,6 +85,10 @@ impl Rejection {
             }
             Self::UnreadableBody(_) => "Request body could not be read".into(),
             Self::InvalidBody(err) => err.to_string().into(),
+            Self::InvalidIdempotencyKey(_) => {
+                "Invalid Idempotency-Key header (1 to 255 visible ASCII characters, sent once)"
+                    .into()
+            }
             Self::CaseNotFound => "Case With Patient ID not found".into(),
             Self::Unavailable(_) => "Service temporarily unavailable".into(),
             Self::Internal(_) => "Internal server error".into(),
@@ -96,6 +105,7 @@ impl Rejection {
             Self::PayloadTooLarge { .. } => "body_too_large",
             Self::UnreadableBody(_) => "body_unreadable",
             Self::InvalidBody(err) => err.reason(),
+            Self::InvalidIdempotencyKey(_) => "idempotency_key_invalid",
             Self::CaseNotFound => "case_not_found",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal_error",

@@ -80,8 +80,8 @@ mod tests {
     use super::*;
     use serde::Deserialize;
 
-    /// Vectors signed by an independent implementation, kept beside the API contract.
-    const VECTORS: &str = include_str!("../../../shared/vectors/signatures.json");
+    /// Vectors signed by an independent implementation (see the file's "about").
+    const VECTORS: &str = include_str!("../testdata/signatures.json");
 
     #[derive(Deserialize)]
     struct Vectors {

@@ -5,15 +5,27 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, RuntimeErr};
 
 use crate::config::{DatabaseSettings, millis};
 
+/// A pool that has connected once, so a wrong URL or password shows at once.
 pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
+    Database::connect(options(settings, false)).await
+}
+
+/// A pool that connects on first use: a service starts, and answers for itself, while the
+/// database is still down; connections are made again whenever they are needed.
+pub async fn connect_lazy(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
+    Database::connect(options(settings, true)).await
+}
+
+fn options(settings: &DatabaseSettings, lazy: bool) -> ConnectOptions {
     let mut options = ConnectOptions::new(settings.url.expose().to_owned());
     options
         .max_connections(settings.max_connections)
-        .min_connections(1)
+        .min_connections(if lazy { 0 } else { 1 })
         .acquire_timeout(millis(settings.acquire_timeout_ms))
         .connect_timeout(millis(settings.connect_timeout_ms))
+        .connect_lazy(lazy)
         .sqlx_logging(false);
-    Database::connect(options).await
+    options
 }
 
 /// Whether an error says the database could not be reached or is going away, as opposed to

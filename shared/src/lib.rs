@@ -3,6 +3,7 @@
 pub mod broker;
 pub mod config;
 pub mod db;
+pub mod dead_letters;
 pub mod entities;
 pub mod event;
 pub mod telemetry;

@@ -31,7 +31,10 @@ pub async fn run(
     settings: &Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let db = db::connect(&settings.database).await?;
+    let db = db::connect_lazy(&settings.database).await?;
+    if let Err(err) = db.ping().await {
+        warn!(error = %err, "database not reachable yet; events will be retried until it is");
+    }
     let publisher = Publisher::new(
         &settings.amqp.url,
         "scanhook-worker",

@@ -1,0 +1,177 @@
+//! `scanhook`: the operator's and integrator's command line.
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use scanhook_gateway::signature::sign;
+use scanhook_shared::broker::{self, Publisher};
+use scanhook_shared::config::millis;
+use scanhook_shared::dead_letters::{DeadLetter, DeadLetters, Selection};
+use scanhook_shared::{Needs, Settings, Topology};
+
+#[derive(Parser)]
+#[command(name = "scanhook", version, about = "Operate scanhook and check webhook integrations")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the X-Webhook-Signature value of a body under a secret.
+    Sign {
+        /// The exact request body.
+        #[arg(long)]
+        body: String,
+        /// The shared secret (default: the first of SCANHOOK__WEBHOOK__SECRET).
+        #[arg(long, env = "SCANHOOK_SIGN_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+    },
+    /// Inspect and act on dead-lettered events (uses SCANHOOK__AMQP__URL and amqp.queue).
+    #[command(subcommand, name = "dead-letters")]
+    DeadLetters(DeadLetterCommand),
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// One line per dead letter: event id, attempts, when and why.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Everything about one dead-lettered event: headers and body.
+    Show { event_id: String },
+    /// Send dead letters back to the work queue, retry count reset.
+    Replay(Which),
+    /// Delete dead letters for good.
+    Purge(Which),
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct Which {
+    /// Every dead letter.
+    #[arg(long)]
+    all: bool,
+    /// Only these events.
+    #[arg(long = "event-id", value_name = "EVENT_ID")]
+    event_ids: Vec<String>,
+}
+
+impl Which {
+    fn selection(self) -> Selection {
+        if self.all { Selection::All } else { Selection::Events(self.event_ids) }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sign { body, secret } => print_signature(&body, secret),
+        Command::DeadLetters(command) => dead_letters(command).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("scanhook: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_signature(body: &str, secret: Option<String>) -> Result<(), String> {
+    let secret = match secret {
+        Some(secret) => secret,
+        None => {
+            let settings = Settings::load().map_err(|e| e.to_string())?;
+            settings.require(&[Needs::WebhookSecret]).map_err(|e| e.to_string())?;
+            settings.webhook_secrets()[0].expose().to_owned()
+        }
+    };
+    println!("{}", sign(&secret, body.as_bytes()));
+    Ok(())
+}
+
+async fn dead_letters(command: DeadLetterCommand) -> Result<(), String> {
+    let settings = Settings::load().map_err(|e| e.to_string())?;
+    settings.require(&[Needs::Broker]).map_err(|e| e.to_string())?;
+    let topology = Topology::new(&settings.amqp.queue, &settings.retry_delays());
+    let connection = broker::connect(&settings.amqp.url, "scanhook-cli")
+        .await
+        .map_err(|e| format!("cannot reach the broker: {e}"))?;
+    let channel = connection.create_channel().await.map_err(|e| e.to_string())?;
+    let queues = DeadLetters::new(&channel, &topology);
+    let publisher = || {
+        Publisher::new(
+            &settings.amqp.url,
+            "scanhook-cli",
+            1,
+            millis(settings.amqp.confirm_timeout_ms),
+        )
+        .map_err(|e| e.to_string())
+    };
+
+    let outcome = match command {
+        DeadLetterCommand::List { limit } => {
+            let total = queues.count().await.map_err(|e| e.to_string())?;
+            let letters = queues.list(limit).await.map_err(|e| e.to_string())?;
+            for letter in &letters {
+                println!("{}", summary(letter));
+            }
+            println!("{} shown, {total} dead-lettered", letters.len());
+            Ok(())
+        }
+        DeadLetterCommand::Show { event_id } => {
+            let total = queues.count().await.map_err(|e| e.to_string())? as usize;
+            let letters = queues.list(total).await.map_err(|e| e.to_string())?;
+            match letters.iter().find(|letter| letter.is(&event_id)) {
+                Some(letter) => {
+                    println!("{}", details(letter));
+                    Ok(())
+                }
+                None => Err(format!("no dead letter with event id {event_id}")),
+            }
+        }
+        DeadLetterCommand::Replay(which) => {
+            let publisher = publisher()?;
+            let replayed = queues.replay(&which.selection(), &publisher).await;
+            replayed
+                .map(|n| println!("{n} replayed to {}", topology.work))
+                .map_err(|e| e.to_string())
+        }
+        DeadLetterCommand::Purge(which) => {
+            let purged = queues.purge(&which.selection()).await;
+            purged.map(|n| println!("{n} purged")).map_err(|e| e.to_string())
+        }
+    };
+    let _ = connection.close(200, "done".into()).await;
+    outcome
+}
+
+fn summary(letter: &DeadLetter) -> String {
+    format!(
+        "{}  attempts={}  failed_at={}  reason={}",
+        letter.message_id.as_deref().unwrap_or("-"),
+        letter.attempts.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+        letter.failed_at.as_deref().unwrap_or("-"),
+        letter.reason.as_deref().or(letter.broker_reason.as_deref()).unwrap_or("-"),
+    )
+}
+
+fn details(letter: &DeadLetter) -> String {
+    let body = serde_json::from_slice::<serde_json::Value>(&letter.body)
+        .ok()
+        .and_then(|json| serde_json::to_string_pretty(&json).ok())
+        .unwrap_or_else(|| String::from_utf8_lossy(&letter.body).into_owned());
+    let headers: Vec<String> = letter
+        .properties
+        .headers()
+        .as_ref()
+        .map(|table| {
+            table.inner().iter().map(|(k, v)| format!("  {}: {v:?}", k.as_str())).collect()
+        })
+        .unwrap_or_default();
+    format!("{}\nheaders:\n{}\nbody:\n{body}", summary(letter), headers.join("\n"))
+}

@@ -1,0 +1,171 @@
+//! Delivery guarantees that can be shown without stopping shared services: sender idempotency,
+//! order between updates of one case, and the retry schedule carried by RabbitMQ.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use lapin::options::QueueDeclareOptions;
+use serde_json::json;
+use uuid::Uuid;
+
+use scanhook_shared::Secret;
+use scanhook_shared::topology::{HEADER_ATTEMPTS, HEADER_REASON, header_int, header_str};
+
+use common::*;
+
+const PATIENT: &str = "605914";
+const ACCEPTED: &str = "Scan update processed successfully";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_request_with_the_same_key_is_one_event() {
+    let env = TestEnv::new().await;
+    env.insert_case(PATIENT, "CASE-1").await;
+    env.insert_case("other", "CASE-2").await;
+    let gateway = env.spawn_gateway().await;
+    let worker = env.spawn_worker();
+
+    let send = |patient: &'static str, header: &'static str, key: &'static str| {
+        let post = Post::signed(patient, r#"{"scan_id":5}"#).header(header, key);
+        post.send(&gateway)
+    };
+    let first = send(PATIENT, "idempotency-key", "delivery-77").await;
+    first.assert(202, true, ACCEPTED);
+    let again = send(PATIENT, "idempotency-key", "delivery-77").await;
+    again.assert(202, true, ACCEPTED);
+    assert_eq!(first.event_id(), again.event_id());
+    let by_webhook_id = send(PATIENT, "x-webhook-id", "delivery-77").await;
+    assert_eq!(by_webhook_id.event_id(), first.event_id());
+    let other_patient = send("other", "idempotency-key", "delivery-77").await;
+    assert_ne!(other_patient.event_id(), first.event_id());
+    let unkeyed = Post::signed(PATIENT, r#"{"scan_id":5}"#).send(&gateway).await;
+    assert_ne!(unkeyed.event_id(), first.event_id());
+
+    // The unkeyed request was sent last; once it and the other patient's are applied, the
+    // three copies of the keyed one have been consumed too (one worker drains in order).
+    wait_applied(&env, unkeyed.event_id(), Duration::from_secs(10)).await;
+    wait_applied(&env, other_patient.event_id(), Duration::from_secs(10)).await;
+    wait_applied(&env, first.event_id(), Duration::from_secs(10)).await;
+    assert_eq!(activity_count(&env, first.event_id()).await, 1);
+    assert_eq!(env.count("SELECT count(*) FROM activity_logs").await, 3);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_idempotency_key_is_400() {
+    let env = TestEnv::new().await;
+    env.insert_case(PATIENT, "CASE-1").await;
+    let gateway = env.spawn_gateway().await;
+    let long = "k".repeat(256);
+    for key in ["has space", long.as_str()] {
+        let reply = Post::signed(PATIENT, r#"{"scan_id":5}"#)
+            .header("idempotency-key", key)
+            .send(&gateway)
+            .await;
+        assert_eq!(reply.status.as_u16(), 400, "{reply:?}");
+        assert!(reply.message().starts_with("Invalid Idempotency-Key header"), "{reply:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_applied_out_of_order_leave_the_case_on_the_later_one() {
+    let env = TestEnv::with(|s| {
+        s.worker.concurrency = 1;
+        s.worker.prefetch = 1;
+    })
+    .await;
+    let case_id = env.insert_case(PATIENT, "CASE-1").await;
+    // PostgreSQL keeps microseconds.
+    let earlier_at = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
+    let later_at = earlier_at + chrono::Duration::milliseconds(5);
+    let (earlier, later) = (Uuid::now_v7(), Uuid::now_v7());
+
+    // The later update is consumed first, as after a retry or with two workers.
+    env.publish_raw(&event(later, case_id, 2, later_at), properties_for(later)).await;
+    env.publish_raw(&event(earlier, case_id, 1, earlier_at), properties_for(earlier)).await;
+    let worker = env.spawn_worker();
+    wait_applied(&env, earlier, Duration::from_secs(10)).await;
+    wait_applied(&env, later, Duration::from_secs(10)).await;
+
+    let on_later = env
+        .count(&format!(
+            "SELECT count(*) FROM cases WHERE id = {case_id} AND latest_scan_id = 2 \
+             AND scan_updated_at = '{}'",
+            later_at.to_rfc3339()
+        ))
+        .await;
+    assert_eq!(on_later, 1, "the case shows the update received last");
+    assert_eq!(env.count("SELECT count(*) FROM activity_logs").await, 2);
+    assert_eq!(env.count("SELECT count(*) FROM scans").await, 2);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_retry_waits_its_delay_in_rabbitmq_then_the_event_is_dead_lettered() {
+    let delays_ms = [400u64, 800, 1200];
+    let env = TestEnv::with(|s| s.worker.retry_delays_ms = delays_ms.to_vec()).await;
+    env.insert_case(PATIENT, "CASE-1").await;
+    let gateway = env.spawn_gateway().await;
+    let (link, db_url) = relay(env.settings.database.url.expose()).await;
+    let mut worker_settings = env.settings.clone();
+    worker_settings.database.url = Secret::new(db_url);
+    let worker = spawn_worker(worker_settings);
+    link.cut();
+
+    let reply = Post::signed(PATIENT, r#"{"scan_id":1}"#).send(&gateway).await;
+    reply.assert(202, true, ACCEPTED);
+
+    // Watch each delay queue: when the event enters it and when it leaves.
+    let (connection, channel) = env.broker().await;
+    let mut spans = Vec::new();
+    for retry in &env.topology.retries {
+        let depth = || async {
+            channel
+                .queue_declare(
+                    retry.name.as_str().into(),
+                    QueueDeclareOptions { passive: true, ..Default::default() },
+                    Default::default(),
+                )
+                .await
+                .expect("delay queue")
+                .message_count()
+        };
+        let deadline = Duration::from_secs(15);
+        eventually(deadline, || async { (depth().await == 1).then_some(()) })
+            .await
+            .unwrap_or_else(|| panic!("the event never reached {}", retry.name));
+        let entered = Instant::now();
+        eventually(deadline, || async { (depth().await == 0).then_some(()) })
+            .await
+            .unwrap_or_else(|| panic!("the event never left {}", retry.name));
+        spans.push(entered.elapsed());
+    }
+    connection.close(200, "done".into()).await.ok();
+
+    let dead = env.take_dead_letter(Duration::from_secs(15)).await.expect("dead-lettered");
+    let headers = dead.delivery.properties.headers().as_ref();
+    let attempts = header_int(headers, HEADER_ATTEMPTS);
+    let reason = header_str(headers, HEADER_REASON).unwrap_or_default();
+    for (delay, spent) in delays_ms.iter().zip(&spans) {
+        println!("retry delay {delay} ms: held {} ms", spent.as_millis());
+        let spent = spent.as_millis() as u64;
+        assert!(spent + 100 >= *delay && spent <= delay + 400, "held {spent} ms for {delay} ms");
+    }
+    assert_eq!(attempts, Some(delays_ms.len() as i64 + 1));
+    assert!(reason.starts_with("gave up after 4 attempts"), "{reason}");
+    assert_eq!(activity_count(&env, reply.event_id()).await, 0);
+    worker.stop().await;
+}
+
+fn event(event_id: Uuid, case_id: i64, scan_id: i64, at: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "event_id": event_id,
+        "patient_id": PATIENT,
+        "case_id": case_id,
+        "case_number": "CASE-1",
+        "scan_id": scan_id,
+        "payload": {"scan_id": scan_id},
+        "received_at": at,
+    }))
+    .expect("json")
+}
