@@ -7,6 +7,8 @@
 #![allow(dead_code)]
 
 pub mod link;
+pub mod load;
+pub mod services;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,11 +53,29 @@ pub struct TestEnv {
     pub topology: Topology,
     admin_url: String,
     db_name: String,
+    pub vhost: Option<String>,
 }
 
 impl TestEnv {
     pub async fn new() -> Self {
         Self::with(|_| {}).await
+    }
+
+    /// Like `with`, and on a RabbitMQ vhost of its own, for tests that stop and start services.
+    pub async fn isolated(adjust: impl FnOnce(&mut Settings)) -> Self {
+        let amqp_url = required_env("SCANHOOK_TEST_AMQP_URL");
+        let vhost = format!("scanhook_test_{}", Uuid::now_v7().simple());
+        services::rabbitmqctl(&["add_vhost", &vhost]).await;
+        let user = services::amqp_user(&amqp_url);
+        services::rabbitmqctl(&["set_permissions", "-p", &vhost, &user, "'.*'", "'.*'", "'.*'"]).await;
+        let url = services::with_vhost(&amqp_url, &vhost);
+        let mut env = Self::with(|settings| {
+            settings.amqp.url = scanhook_shared::Secret::new(url);
+            adjust(settings);
+        })
+        .await;
+        env.vhost = Some(vhost);
+        env
     }
 
     /// Like `new`, with the settings adjusted before anything starts.
@@ -92,7 +112,7 @@ impl TestEnv {
         let db = Database::connect(&db_url).await.expect("connect to the test database");
         Migrator::up(&db, None).await.expect("migrations apply");
         let topology = Topology::new(&settings.amqp.queue, &settings.retry_delays());
-        Self { settings, db, topology, admin_url, db_name }
+        Self { settings, db, topology, admin_url, db_name, vhost: None }
     }
 
     /// The gateway on a free port of 127.0.0.1, with these settings.
@@ -163,6 +183,23 @@ impl TestEnv {
         connection.close(200, "done".into()).await.ok();
     }
 
+    /// Ready messages in each of this test's queues, by name (as the queue leader counts them).
+    pub async fn queue_depths(&self) -> Vec<(String, u32)> {
+        let (connection, channel) = self.broker().await;
+        let mut depths = Vec::new();
+        for name in self.topology.queue_names() {
+            let options =
+                lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+            let queue = channel
+                .queue_declare(name.into(), options, FieldTable::default())
+                .await
+                .expect("passive declare");
+            depths.push((name.to_owned(), queue.message_count()));
+        }
+        connection.close(200, "done".into()).await.ok();
+        depths
+    }
+
     /// Takes one message off the dead-letter queue, waiting for it up to `timeout`.
     pub async fn take_dead_letter(
         &self,
@@ -194,7 +231,14 @@ impl Drop for TestEnv {
         let queues: Vec<String> =
             self.topology.queue_names().into_iter().map(str::to_owned).collect();
         let db = self.db.clone();
+        let vhost = self.vhost.clone();
         let cleanup = std::thread::spawn(move || {
+            if let (Some(vhost), Ok(ctl)) = (vhost, std::env::var("SCANHOOK_TEST_RABBITMQCTL")) {
+                let _ = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("{ctl} delete_vhost {vhost}"))
+                    .output();
+            }
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
             let Ok(runtime) = runtime else { return };
             runtime.block_on(async move {
