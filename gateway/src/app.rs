@@ -1,10 +1,11 @@
 //! One request, from the raw HTTP exchange to the answer: verify, decode, look up, publish.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
-use http::header::{CONTENT_LENGTH, HeaderValue};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -12,6 +13,7 @@ use lapin::BasicProperties;
 use lapin::types::FieldTable;
 use sea_orm::DatabaseConnection;
 use serde_json::value::RawValue;
+use tokio::sync::Semaphore;
 use tracing::{Instrument, info, warn};
 use uuid::Uuid;
 
@@ -20,30 +22,42 @@ use scanhook_shared::config::millis;
 use scanhook_shared::topology::long_string;
 use scanhook_shared::{ScanEvent, Settings, Topology, db};
 
+use crate::access::{Access, BadNetwork};
 use crate::body::parse_scan_id;
 use crate::idempotency;
 use crate::lookup::{ActiveCase, find_active_case};
 use crate::patient::PatientId;
 use crate::response::{Accepted, HttpResponse, Rejection, accepted};
-use crate::signature::{SignatureError, Verifier};
+use crate::signature::{SecretsError, StandardHeaders, Verifier};
 
 const ROUTE_PREFIX: &str = "/v1/webhooks/scans/";
 const SIGNATURE_HEADER: &str = "x-webhook-signature";
+const STANDARD_ID_HEADER: &str = "webhook-id";
+const STANDARD_TIMESTAMP_HEADER: &str = "webhook-timestamp";
+const STANDARD_SIGNATURE_HEADER: &str = "webhook-signature";
 const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Everything a request needs, built once at start-up.
 pub struct App {
     verifier: Verifier,
+    access: Access,
     db: DatabaseConnection,
     publisher: Publisher,
     queue: String,
+    in_flight: Semaphore,
     max_body_bytes: usize,
+    max_header_bytes: usize,
+    body_timeout: Duration,
     retry_after_secs: u32,
     query_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("webhook.secret: {0}")]
+    Secrets(#[from] SecretsError),
+    #[error(transparent)]
+    Network(#[from] BadNetwork),
     #[error("database: {0}")]
     Database(#[from] sea_orm::DbErr),
     #[error("broker: {0}")]
@@ -53,6 +67,10 @@ pub enum StartError {
 impl App {
     /// Connects to the database and the broker and declares the queue topology.
     pub async fn connect(settings: &Settings) -> Result<Self, StartError> {
+        let gateway = &settings.gateway;
+        let verifier =
+            Verifier::new(&settings.webhook_secrets(), settings.webhook.timestamp_tolerance_secs)?;
+        let access = Access::new(&gateway.allow_cidrs, &gateway.trusted_proxies)?;
         let db = db::connect_lazy(&settings.database).await?;
         if let Err(err) = db.ping().await {
             warn!(error = %err, "database not reachable yet; answering 503 until it is");
@@ -72,23 +90,39 @@ impl App {
         drop(channel);
 
         Ok(Self {
-            verifier: Verifier::new(&settings.webhook_secrets()),
+            verifier,
+            access,
             db,
             publisher,
             queue: topology.work,
-            max_body_bytes: settings.gateway.max_body_bytes,
-            retry_after_secs: settings.gateway.retry_after_secs,
+            in_flight: Semaphore::new(gateway.max_in_flight.max(1)),
+            max_body_bytes: gateway.max_body_bytes,
+            max_header_bytes: gateway.max_header_bytes,
+            body_timeout: millis(gateway.body_timeout_ms),
+            retry_after_secs: gateway.retry_after_secs,
             query_timeout: millis(settings.database.query_timeout_ms),
         })
     }
 
-    /// Answers one request, and leaves one log line saying how it went.
-    pub async fn handle(&self, request: Request<Incoming>) -> HttpResponse {
+    /// Answers one request from `peer`, and leaves one log line saying how it went.
+    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
         let started = Instant::now();
         let request_id = request_id(request.headers());
-        let span = tracing::info_span!("request", request_id = %request_id, patient_id = tracing::field::Empty);
+        let client = self.access.client(peer, request.headers());
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request_id,
+            client = %client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
+            patient_id = tracing::field::Empty,
+            signer = tracing::field::Empty,
+        );
 
-        let outcome = self.process(request, &request_id).instrument(span.clone()).await;
+        let outcome = match self.in_flight.try_acquire() {
+            Ok(_permit) => {
+                self.process(request, client, &request_id).instrument(span.clone()).await
+            }
+            Err(_) => Err(Rejection::Overloaded),
+        };
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         let mut response = match outcome {
             Ok((response, event_id)) => {
@@ -114,35 +148,51 @@ impl App {
         response
     }
 
+    /// The checks in their documented order; the first that fails answers.
     async fn process(
         &self,
         request: Request<Incoming>,
+        client: Option<IpAddr>,
         request_id: &str,
     ) -> Result<(HttpResponse, Uuid), Rejection> {
         let (parts, body) = request.into_parts();
+        if !self.access.allows(client) {
+            return Err(Rejection::Forbidden);
+        }
         let segment = route(parts.uri.path())?;
         if parts.method != Method::POST {
             return Err(Rejection::MethodNotAllowed);
         }
         tracing::Span::current().record("patient_id", segment);
-        let signature = signature_header(&parts.headers)?;
+        let header_bytes = header_bytes(&parts.headers);
+        if header_bytes > self.max_header_bytes {
+            return Err(Rejection::HeadersTooLarge { limit: self.max_header_bytes });
+        }
+        let signature = Signature::from_headers(&parts.headers)?;
+        content_type(&parts.headers)?;
 
         let body = self.read_body(&parts.headers, body).await?;
-        self.verifier.verify(&signature, &body).map_err(|e| {
-            Rejection::InvalidSignature(match e {
-                SignatureError::Malformed => "signature_malformed",
-                SignatureError::Mismatch => "signature_mismatch",
-            })
-        })?;
+        let signed = match &signature {
+            Signature::Hmac(header) => self.verifier.verify(header, &body),
+            Signature::Standard(headers) => {
+                self.verifier.verify_standard(*headers, &body, Utc::now().timestamp())
+            }
+        };
+        let signer = signed.map_err(|e| Rejection::InvalidSignature(e.reason()))?;
+        tracing::Span::current().record("signer", signer);
 
-        let idempotency_key = idempotency::key(&parts.headers)?;
+        let idempotency_key = match &signature {
+            // The signed webhook-id is the sender's identity of the message.
+            Signature::Standard(headers) => std::str::from_utf8(headers.id).ok(),
+            Signature::Hmac(_) => idempotency::key(&parts.headers)?,
+        };
         let scan_id = parse_scan_id(&body)?;
         let patient = PatientId::parse(segment).ok_or(Rejection::CaseNotFound)?;
 
         let case = self.active_case(&patient).await?;
 
         let event_id = idempotency::event_id(&patient, idempotency_key);
-        let event = scan_event(event_id, &patient, &case, scan_id, &body)?;
+        let event = scan_event(event_id, &patient, &case, scan_id, &body, signer)?;
         self.publish(&event, request_id).await?;
 
         let data = Accepted {
@@ -163,12 +213,14 @@ impl App {
         if declared.is_some_and(|len| len > limit as u64) {
             return Err(Rejection::PayloadTooLarge { limit });
         }
-        match Limited::new(body, limit).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+        let reading = tokio::time::timeout(self.body_timeout, Limited::new(body, limit).collect());
+        match reading.await {
+            Err(_) => Err(Rejection::BodyTimeout),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
                 Err(Rejection::PayloadTooLarge { limit })
             }
-            Err(err) => Err(Rejection::UnreadableBody(err.to_string())),
+            Ok(Err(err)) => Err(Rejection::UnreadableBody(err.to_string())),
         }
     }
 
@@ -208,16 +260,72 @@ fn route(path: &str) -> Result<&str, Rejection> {
     }
 }
 
-fn signature_header(headers: &HeaderMap) -> Result<Vec<u8>, Rejection> {
-    let mut values = headers.get_all(SIGNATURE_HEADER).iter();
+/// How a request is signed.
+enum Signature<'a> {
+    /// `X-Webhook-Signature`.
+    Hmac(&'a [u8]),
+    /// Standard Webhooks; only when `X-Webhook-Signature` is absent.
+    Standard(StandardHeaders<'a>),
+}
+
+impl<'a> Signature<'a> {
+    fn from_headers(headers: &'a HeaderMap) -> Result<Self, Rejection> {
+        if let Some(value) = single(headers, SIGNATURE_HEADER)? {
+            return Ok(Self::Hmac(value));
+        }
+        let Some(signature) = single(headers, STANDARD_SIGNATURE_HEADER)? else {
+            return Err(Rejection::MissingSignature);
+        };
+        let missing = Rejection::InvalidSignature("standard_headers_missing");
+        Ok(Self::Standard(StandardHeaders {
+            id: single(headers, STANDARD_ID_HEADER)?.ok_or(missing)?,
+            timestamp: single(headers, STANDARD_TIMESTAMP_HEADER)?
+                .ok_or(Rejection::InvalidSignature("standard_headers_missing"))?,
+            signature,
+        }))
+    }
+}
+
+/// A signature header's value: `None` when absent or empty; sent twice, a 401.
+fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a [u8]>, Rejection> {
+    let mut values = headers.get_all(name).iter();
     let first = values.next().map(HeaderValue::as_bytes).unwrap_or_default();
-    if first.is_empty() {
-        return Err(Rejection::MissingSignature);
-    }
     if values.next().is_some() {
-        return Err(Rejection::InvalidSignature("signature_repeated"));
+        return Err(Rejection::InvalidSignature("signature_header_repeated"));
     }
-    Ok(first.to_vec())
+    Ok((!first.is_empty()).then_some(first))
+}
+
+/// `application/json` in any letter case, with parameters, but no charset other than UTF-8.
+fn content_type(headers: &HeaderMap) -> Result<(), Rejection> {
+    let mut values = headers.get_all(CONTENT_TYPE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(Rejection::UnsupportedMediaType);
+    };
+    let value = value.to_str().map_err(|_| Rejection::UnsupportedMediaType)?;
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(Rejection::UnsupportedMediaType);
+    }
+    for parameter in parts {
+        let Some((name, value)) = parameter.split_once('=') else {
+            continue;
+        };
+        let value = value.trim().trim_matches('"');
+        if name.trim().eq_ignore_ascii_case("charset")
+            && !value.eq_ignore_ascii_case("utf-8")
+            && !value.eq_ignore_ascii_case("utf8")
+        {
+            return Err(Rejection::UnsupportedMediaType);
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of the header lines as sent: name, `: `, value and line end.
+fn header_bytes(headers: &HeaderMap) -> usize {
+    headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum()
 }
 
 /// The caller's `X-Request-Id` when it is a short token, else a new one.
@@ -239,6 +347,7 @@ fn scan_event(
     case: &ActiveCase,
     scan_id: i64,
     body: &Bytes,
+    signer: &str,
 ) -> Result<ScanEvent, Rejection> {
     // The body was parsed as JSON already, so it is valid UTF-8 and valid JSON here.
     let text = std::str::from_utf8(body).map_err(|e| Rejection::Internal(e.to_string()))?;
@@ -252,6 +361,7 @@ fn scan_event(
         scan_id,
         payload,
         received_at: Utc::now(),
+        signer: Some(signer.to_owned()),
     })
 }
 

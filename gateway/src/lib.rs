@@ -1,6 +1,7 @@
 //! The scanhook gateway: receives signed scan notifications, checks them, queues them durably
 //! and answers 202 once the broker has confirmed the event.
 
+pub mod access;
 pub mod app;
 pub mod body;
 pub mod idempotency;
@@ -16,7 +17,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use scanhook_shared::Settings;
-use scanhook_shared::config::millis;
 
 pub use app::{App, StartError};
 
@@ -27,10 +27,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let app = Arc::new(App::connect(settings).await?);
-    let options = server::ServerOptions {
-        header_timeout: millis(settings.gateway.header_timeout_ms),
-        shutdown_timeout: millis(settings.gateway.shutdown_timeout_ms),
-    };
-    server::serve(listener, app, options, shutdown).await;
+    server::serve(listener, app, server::ServerOptions::new(&settings.gateway), shutdown).await;
     Ok(())
 }

@@ -5,7 +5,6 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use scanhook_gateway::App;
-use scanhook_shared::config::millis;
 use scanhook_shared::{Needs, Settings, telemetry};
 
 /// How long start-up keeps trying to reach the database and the broker.
@@ -31,10 +30,7 @@ async fn main() -> ExitCode {
     };
     info!(listen = %settings.gateway.listen, queue = %settings.amqp.queue, "gateway ready");
 
-    let options = scanhook_gateway::server::ServerOptions {
-        header_timeout: millis(settings.gateway.header_timeout_ms),
-        shutdown_timeout: millis(settings.gateway.shutdown_timeout_ms),
-    };
+    let options = scanhook_gateway::server::ServerOptions::new(&settings.gateway);
     scanhook_gateway::server::serve(listener, app.into(), options, shutdown_signal()).await;
     info!("gateway stopped");
     ExitCode::SUCCESS

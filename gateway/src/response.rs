@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
@@ -33,12 +33,22 @@ pub struct Accepted<'a> {
 /// Every way a request can be refused, each with exactly one answer.
 #[derive(Debug, thiserror::Error)]
 pub enum Rejection {
+    #[error("too many requests in flight")]
+    Overloaded,
+    #[error("client address not in the allowlist")]
+    Forbidden,
     #[error("no such route")]
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("header lines larger than {limit} bytes")]
+    HeadersTooLarge { limit: usize },
     #[error("signature header missing or empty")]
     MissingSignature,
+    #[error("content type not JSON")]
+    UnsupportedMediaType,
+    #[error("body not received in time")]
+    BodyTimeout,
     #[error("signature invalid: {0}")]
     InvalidSignature(&'static str),
     #[error("body larger than {limit} bytes")]
@@ -60,15 +70,19 @@ pub enum Rejection {
 impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
+            Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound | Self::CaseNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::MissingSignature | Self::UnreadableBody(_) | Self::InvalidIdempotencyKey(_) => {
                 StatusCode::BAD_REQUEST
             }
             Self::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -76,10 +90,16 @@ impl Rejection {
     /// The message the client sees: the contract's wording, never internal detail.
     pub fn message(&self) -> Cow<'static, str> {
         match self {
+            Self::Forbidden => "Client address not allowed".into(),
             Self::NotFound => "Not found".into(),
             Self::MethodNotAllowed => "Method not allowed".into(),
             Self::MissingSignature => "Missing webhook signature".into(),
             Self::InvalidSignature(_) => "Invalid webhook signature".into(),
+            Self::HeadersTooLarge { limit } => {
+                format!("Request headers too large (limit {limit} bytes)").into()
+            }
+            Self::UnsupportedMediaType => "Content-Type must be application/json (UTF-8)".into(),
+            Self::BodyTimeout => "Request body not received in time".into(),
             Self::PayloadTooLarge { limit } => {
                 format!("Request body too large (limit {limit} bytes)").into()
             }
@@ -90,7 +110,7 @@ impl Rejection {
                     .into()
             }
             Self::CaseNotFound => "Case With Patient ID not found".into(),
-            Self::Unavailable(_) => "Service temporarily unavailable".into(),
+            Self::Unavailable(_) | Self::Overloaded => "Service temporarily unavailable".into(),
             Self::Internal(_) => "Internal server error".into(),
         }
     }
@@ -98,10 +118,15 @@ impl Rejection {
     /// A short, stable name for logs and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
+            Self::Overloaded => "overloaded",
+            Self::Forbidden => "client_not_allowed",
             Self::NotFound => "route_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::MissingSignature => "signature_missing",
             Self::InvalidSignature(why) => why,
+            Self::HeadersTooLarge { .. } => "headers_too_large",
+            Self::UnsupportedMediaType => "content_type_unsupported",
+            Self::BodyTimeout => "body_timeout",
             Self::PayloadTooLarge { .. } => "body_too_large",
             Self::UnreadableBody(_) => "body_unreadable",
             Self::InvalidBody(err) => err.reason(),
@@ -119,8 +144,12 @@ impl Rejection {
             Self::MethodNotAllowed => {
                 headers.insert(ALLOW, HeaderValue::from_static("POST"));
             }
-            Self::Unavailable(_) => {
+            Self::Unavailable(_) | Self::Overloaded => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            // The rest of the body may still be on its way: the connection cannot be reused.
+            Self::BodyTimeout | Self::PayloadTooLarge { .. } => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

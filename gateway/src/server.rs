@@ -12,11 +12,31 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
+use scanhook_shared::config::{GatewaySettings, millis};
+
 use crate::app::App;
+
+/// Smallest read buffer hyper accepts.
+const MIN_PARSE_BUFFER: usize = 8192;
+/// Header lines hyper parses at most; a request with more gets its bare 431.
+const MAX_HEADER_LINES: usize = 100;
 
 pub struct ServerOptions {
     pub header_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// Limit of hyper's own parsing: above it hyper answers 431 without an envelope, so it sits
+    /// well above the gateway's header limit, which answers in the envelope.
+    pub parse_buffer: usize,
+}
+
+impl ServerOptions {
+    pub fn new(gateway: &GatewaySettings) -> Self {
+        Self {
+            header_timeout: millis(gateway.header_timeout_ms),
+            shutdown_timeout: millis(gateway.shutdown_timeout_ms),
+            parse_buffer: gateway.max_header_bytes.saturating_mul(2).max(MIN_PARSE_BUFFER),
+        }
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and gives the
@@ -33,16 +53,18 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let app = Arc::clone(&app);
                     let service = service_fn(move |request| {
                         let app = Arc::clone(&app);
-                        async move { Ok::<_, Infallible>(app.handle(request).await) }
+                        async move { Ok::<_, Infallible>(app.handle(request, peer).await) }
                     });
                     let connection = http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(options.header_timeout)
+                        .max_buf_size(options.parse_buffer)
+                        .max_headers(MAX_HEADER_LINES)
                         .serve_connection(TokioIo::new(stream), service);
                     let connection = graceful.watch(connection);
                     tokio::spawn(async move {

@@ -68,14 +68,23 @@ mod faults {
     }
 
     fn load(gateway: &Running, patients: Vec<String>) -> Load {
-        Load { gateway: gateway.addr.expect("gateway"), patients, connections: 16, patience: Duration::from_secs(60) }
+        Load {
+            gateway: gateway.addr.expect("gateway"),
+            patients,
+            connections: 16,
+            patience: Duration::from_secs(60),
+        }
     }
 
     async fn backlog(env: &TestEnv, events: usize) -> LoadReport {
         let gateway = env.spawn_gateway().await;
         let report = load(&gateway, patients(env, 200).await).events(events).await;
         gateway.stop().await;
-        assert!(report.unexpected.is_empty(), "{:?}", &report.unexpected[..report.unexpected.len().min(5)]);
+        assert!(
+            report.unexpected.is_empty(),
+            "{:?}",
+            &report.unexpected[..report.unexpected.len().min(5)]
+        );
         assert_eq!(report.accepted.len(), events, "every event of the backlog is accepted");
         report
     }
@@ -124,8 +133,8 @@ mod faults {
     }
 
     async fn applied_event_ids(env: &TestEnv) -> HashSet<Uuid> {
-        use sea_orm::{EntityTrait, QuerySelect};
         use scanhook_shared::entities::activity_logs;
+        use sea_orm::{EntityTrait, QuerySelect};
         activity_logs::Entity::find()
             .select_only()
             .column(activity_logs::Column::EventId)
@@ -184,7 +193,8 @@ mod faults {
         for (round, threshold) in [1000, 2500].into_iter().enumerate() {
             wait_applied_at_least(&env, threshold).await;
             victim.kill_9().await;
-            victim = WorkerProcess::start(&env.settings, &format!("faults-two-victim-{}", round + 1));
+            victim =
+                WorkerProcess::start(&env.settings, &format!("faults-two-victim-{}", round + 1));
         }
 
         let (applied, duplicates) = settle(&env, &report.accepted).await;
@@ -223,7 +233,11 @@ mod faults {
         let report = running.await.expect("load");
 
         let recovery = report.first_accepted_after(restarted).map(|at| at - restarted);
-        assert!(report.unexpected.is_empty(), "{:?}", &report.unexpected[..report.unexpected.len().min(5)]);
+        assert!(
+            report.unexpected.is_empty(),
+            "{:?}",
+            &report.unexpected[..report.unexpected.len().min(5)]
+        );
         assert!(report.unavailable > 0, "requests during the outage are answered 503");
         assert!(recovery.is_some(), "the gateway accepts again after the restart");
         assert_eq!(report.accepted.len(), report.events, "every event is accepted in the end");
@@ -311,7 +325,8 @@ mod faults {
         assert_eq!(dead_lettered, 2);
 
         let listing = cli(&env, &["dead-letters", "list"]).await;
-        let line_of = |id: Uuid| listing.lines().find(|l| l.starts_with(&id.to_string())).map(str::to_owned);
+        let line_of =
+            |id: Uuid| listing.lines().find(|l| l.starts_with(&id.to_string())).map(str::to_owned);
         let orphan_line = line_of(orphan.event_id()).expect("the orphaned event is listed");
         assert!(orphan_line.contains("no longer active"), "{orphan_line}");
         let poison_line = line_of(poison).expect("the poison message is listed");
@@ -338,7 +353,8 @@ mod faults {
         env.exec(&format!("UPDATE cases SET status = 'active' WHERE id = {case_id}")).await;
         let shown = cli(&env, &["dead-letters", "show", &event_id.to_string()]).await;
         assert!(shown.contains(r#""scan_id": 9"#), "{shown}");
-        let replayed = cli(&env, &["dead-letters", "replay", "--event-id", &event_id.to_string()]).await;
+        let replayed =
+            cli(&env, &["dead-letters", "replay", "--event-id", &event_id.to_string()]).await;
         assert!(replayed.starts_with("1 replayed"), "{replayed}");
         wait_applied(&env, event_id, Duration::from_secs(15)).await;
         let again = cli(&env, &["dead-letters", "replay", "--all"]).await;
@@ -350,7 +366,10 @@ mod faults {
         gateway.stop().await;
         let dead_lettered = nothing_left(&env).await;
         if dead_lettered > 0 {
-            println!("left in the dead-letter queue:\n{}", cli(&env, &["dead-letters", "list"]).await);
+            println!(
+                "left in the dead-letter queue:\n{}",
+                cli(&env, &["dead-letters", "list"]).await
+            );
         }
         check(&Figures {
             test: "replay_after_fix",
@@ -364,7 +383,9 @@ mod faults {
         });
         assert_eq!(dead_lettered, 0);
         let on_case = env
-            .count(&format!("SELECT count(*) FROM cases WHERE id = {case_id} AND latest_scan_id = 9"))
+            .count(&format!(
+                "SELECT count(*) FROM cases WHERE id = {case_id} AND latest_scan_id = 9"
+            ))
             .await;
         assert_eq!(on_case, 1);
     }
@@ -386,7 +407,11 @@ mod faults {
             .await
             .expect("run scanhook");
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(output.status.success(), "scanhook {args:?}: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "scanhook {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         stdout
     }
 }

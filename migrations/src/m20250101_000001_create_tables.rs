@@ -44,6 +44,7 @@ CREATE TABLE activity_logs (
     description text        NOT NULL,
     scan_id     bigint      NOT NULL,
     payload     jsonb       NOT NULL,
+    signer      text        NULL,
     received_at timestamptz NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
 );

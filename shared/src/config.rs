@@ -79,13 +79,20 @@ pub struct GatewaySettings {
     pub retry_after_secs: u32,
     pub publish_channels: usize,
     pub header_timeout_ms: u64,
+    pub body_timeout_ms: u64,
+    pub max_header_bytes: usize,
+    pub max_in_flight: usize,
+    pub allow_cidrs: Vec<String>,
+    pub trusted_proxies: Vec<String>,
     pub shutdown_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct WebhookSettings {
-    /// One secret, or several separated by commas.
+    /// One secret, or several separated by commas, each `secret` or `name:secret`.
     pub secret: Secret,
+    /// Largest gap between a Standard Webhooks timestamp and the gateway's clock.
+    pub timestamp_tolerance_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,6 +137,8 @@ impl Settings {
             .separator("__")
             .list_separator(",")
             .with_list_parse_key("worker.retry_delays_ms")
+            .with_list_parse_key("gateway.allow_cidrs")
+            .with_list_parse_key("gateway.trusted_proxies")
             .try_parsing(true);
         let mut builder = Config::builder()
             .add_source(File::from_str(DEFAULTS, FileFormat::Toml))

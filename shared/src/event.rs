@@ -17,6 +17,9 @@ pub struct ScanEvent {
     /// The whole JSON body the scanner sent, byte for byte.
     pub payload: Box<RawValue>,
     pub received_at: DateTime<Utc>,
+    /// Name of the configured secret that signed the request (never the secret itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
 }
 
 impl ScanEvent {
@@ -45,10 +48,12 @@ mod tests {
             scan_id: 7,
             payload: RawValue::from_string(body.to_owned()).expect("valid json"),
             received_at: Utc::now(),
+            signer: Some("acme".into()),
         };
         let decoded = ScanEvent::from_json(&event.to_json()).expect("decodes");
         assert_eq!(decoded.payload.get(), body);
         assert_eq!(decoded.event_id, event.event_id);
         assert_eq!(decoded.received_at, event.received_at);
+        assert_eq!(decoded.signer.as_deref(), Some("acme"));
     }
 }

@@ -104,6 +104,7 @@ async fn record_activity(
         description: Set(format!("Scan {} updated for case {}", event.scan_id, event.case_number)),
         scan_id: Set(event.scan_id),
         payload: Set(payload),
+        signer: Set(event.signer.clone()),
         received_at: Set(event.received_at),
         ..Default::default()
     };

@@ -122,7 +122,11 @@ async fn deliver(
 }
 
 /// Notes one answer; `true` once the event needs no more sending.
-fn record(report: &Mutex<LoadReport>, n: usize, outcome: Result<(u16, Option<Uuid>), String>) -> bool {
+fn record(
+    report: &Mutex<LoadReport>,
+    n: usize,
+    outcome: Result<(u16, Option<Uuid>), String>,
+) -> bool {
     let now = Instant::now();
     let mut report = report.lock().expect("report");
     match outcome {
@@ -159,7 +163,12 @@ impl Client {
         Self { addr, sender: None }
     }
 
-    async fn post(&mut self, patient: &str, body: &str, key: &str) -> Result<(u16, Option<Uuid>), String> {
+    async fn post(
+        &mut self,
+        patient: &str,
+        body: &str,
+        key: &str,
+    ) -> Result<(u16, Option<Uuid>), String> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
             let stream = TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
             let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -186,7 +195,8 @@ impl Client {
         };
         let status = response.status().as_u16();
         let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        let envelope: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        let envelope: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
         let event_id = envelope["data"]["event_id"].as_str().and_then(|s| s.parse().ok());
         Ok((status, event_id))
     }

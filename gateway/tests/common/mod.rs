@@ -67,7 +67,8 @@ impl TestEnv {
         let vhost = format!("scanhook_test_{}", Uuid::now_v7().simple());
         services::rabbitmqctl(&["add_vhost", &vhost]).await;
         let user = services::amqp_user(&amqp_url);
-        services::rabbitmqctl(&["set_permissions", "-p", &vhost, &user, "'.*'", "'.*'", "'.*'"]).await;
+        services::rabbitmqctl(&["set_permissions", "-p", &vhost, &user, "'.*'", "'.*'", "'.*'"])
+            .await;
         let url = services::with_vhost(&amqp_url, &vhost);
         let mut env = Self::with(|settings| {
             settings.amqp.url = scanhook_shared::Secret::new(url);
@@ -339,10 +340,7 @@ pub async fn spawn_gateway(settings: Settings) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     let (stop, stopped) = oneshot::channel::<()>();
-    let options = ServerOptions {
-        header_timeout: Duration::from_millis(settings.gateway.header_timeout_ms),
-        shutdown_timeout: Duration::from_millis(settings.gateway.shutdown_timeout_ms),
-    };
+    let options = ServerOptions::new(&settings.gateway);
     let task = tokio::spawn(async move {
         serve(listener, app, options, async {
             let _ = stopped.await;

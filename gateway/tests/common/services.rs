@@ -79,7 +79,10 @@ impl WorkerProcess {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("SCANHOOK__DATABASE__URL", settings.database.url.expose())
-            .env("SCANHOOK__DATABASE__ACQUIRE_TIMEOUT_MS", settings.database.acquire_timeout_ms.to_string())
+            .env(
+                "SCANHOOK__DATABASE__ACQUIRE_TIMEOUT_MS",
+                settings.database.acquire_timeout_ms.to_string(),
+            )
             .env("SCANHOOK__AMQP__URL", settings.amqp.url.expose())
             .env("SCANHOOK__AMQP__QUEUE", &settings.amqp.queue)
             .env("SCANHOOK__WORKER__RETRY_DELAYS_MS", delays.join(","))
@@ -114,6 +117,10 @@ pub fn worker_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
     let dir = exe.parent().and_then(|deps| deps.parent()).expect("target directory");
     let binary = dir.join("scanhook-worker");
-    assert!(binary.exists(), "{} is missing: build the workspace first", binary.display());
+    assert!(
+        binary.exists(),
+        "{} is missing: it is built with the workspace tests (cargo nextest run --workspace)",
+        binary.display()
+    );
     binary
 }

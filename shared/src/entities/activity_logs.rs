@@ -15,6 +15,8 @@ pub struct Model {
     pub scan_id: i64,
     /// The received body, kept for audit.
     pub payload: Json,
+    /// Name of the configured secret that signed the request.
+    pub signer: Option<String>,
     pub received_at: DateTimeUtc,
     pub created_at: DateTimeUtc,
 }
