@@ -8,6 +8,8 @@
 
 pub mod link;
 pub mod load;
+pub mod openapi;
+pub mod raw;
 pub mod services;
 
 use std::future::Future;
