@@ -94,10 +94,8 @@ impl Verifier {
         let mut names = HashSet::new();
         let mut signers = Vec::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
-            let (name, secret) = split_name(entry.expose()).map_or_else(
-                || (format!("secret-{}", index + 1), entry.expose()),
-                |(n, s)| (n.to_owned(), s),
-            );
+            let (name, secret) = split_entry(entry.expose());
+            let name = name.map_or_else(|| format!("secret-{}", index + 1), str::to_owned);
             if secret.is_empty() {
                 return Err(SecretsError::EmptySecret(name));
             }
@@ -175,13 +173,16 @@ impl Verifier {
     }
 }
 
-/// `name:secret` when the part before the first `:` is a name, else `None`.
-fn split_name(entry: &str) -> Option<(&str, &str)> {
-    let (name, secret) = entry.split_once(':')?;
+/// The name and the secret of a secrets-list entry: `name:secret` when the part before the
+/// first `:` is a name (1 to 64 characters of `A-Za-z0-9._-`), else no name and all of it.
+pub fn split_entry(entry: &str) -> (Option<&str>, &str) {
+    let Some((name, secret)) = entry.split_once(':') else {
+        return (None, entry);
+    };
     let is_name = !name.is_empty()
         && name.len() <= 64
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    is_name.then_some((name, secret))
+    if is_name { (Some(name), secret) } else { (None, entry) }
 }
 
 /// `sha256=` and exactly 64 hex digits, either case, nothing around them.

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use scanhook_gateway::signature::sign;
+use scanhook_gateway::signature::{sign, sign_standard, split_entry};
 use scanhook_shared::broker::{self, Publisher};
 use scanhook_shared::config::millis;
 use scanhook_shared::dead_letters::{DeadLetter, DeadLetters, Selection};
@@ -19,14 +19,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the X-Webhook-Signature value of a body under a secret.
+    /// Print the X-Webhook-Signature value of a body under a secret, or with --webhook-id the
+    /// three Standard Webhooks headers.
     Sign {
         /// The exact request body.
         #[arg(long)]
         body: String,
-        /// The shared secret (default: the first of SCANHOOK__WEBHOOK__SECRET).
+        /// The shared secret (default: from SCANHOOK__WEBHOOK__SECRET, the first entry or the
+        /// one named by --signer).
         #[arg(long, env = "SCANHOOK_SIGN_SECRET", hide_env_values = true)]
         secret: Option<String>,
+        /// The name of the SCANHOOK__WEBHOOK__SECRET entry to sign with.
+        #[arg(long, conflicts_with = "secret")]
+        signer: Option<String>,
+        /// Sign the Standard Webhooks way, with this webhook-id.
+        #[arg(long)]
+        webhook_id: Option<String>,
+        /// The webhook-timestamp, in Unix seconds (default: now).
+        #[arg(long, requires = "webhook_id")]
+        timestamp: Option<i64>,
     },
     /// Inspect and act on dead-lettered events (uses SCANHOOK__AMQP__URL and amqp.queue).
     #[command(subcommand, name = "dead-letters")]
@@ -69,7 +80,9 @@ impl Which {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Sign { body, secret } => print_signature(&body, secret),
+        Command::Sign { body, secret, signer, webhook_id, timestamp } => {
+            print_signature(&body, secret, signer.as_deref(), webhook_id.as_deref(), timestamp)
+        }
         Command::DeadLetters(command) => dead_letters(command).await,
     };
     match result {
@@ -81,17 +94,41 @@ async fn main() -> ExitCode {
     }
 }
 
-fn print_signature(body: &str, secret: Option<String>) -> Result<(), String> {
+fn print_signature(
+    body: &str,
+    secret: Option<String>,
+    signer: Option<&str>,
+    webhook_id: Option<&str>,
+    timestamp: Option<i64>,
+) -> Result<(), String> {
     let secret = match secret {
         Some(secret) => secret,
-        None => {
-            let settings = Settings::load().map_err(|e| e.to_string())?;
-            settings.require(&[Needs::WebhookSecret]).map_err(|e| e.to_string())?;
-            settings.webhook_secrets()[0].expose().to_owned()
-        }
+        None => configured_secret(signer)?,
     };
-    println!("{}", sign(&secret, body.as_bytes()));
+    let Some(id) = webhook_id else {
+        println!("{}", sign(&secret, body.as_bytes()));
+        return Ok(());
+    };
+    let timestamp = timestamp.unwrap_or_else(|| chrono::Utc::now().timestamp());
+    let signature = sign_standard(&secret, id, timestamp, body.as_bytes())
+        .ok_or("the secret starts with whsec_ but the rest is not base64")?;
+    println!("webhook-id: {id}\nwebhook-timestamp: {timestamp}\nwebhook-signature: {signature}");
     Ok(())
+}
+
+/// The secret of the entry named `signer`, or of the first entry, from the configuration.
+fn configured_secret(signer: Option<&str>) -> Result<String, String> {
+    let settings = Settings::load().map_err(|e| e.to_string())?;
+    settings.require(&[Needs::WebhookSecret]).map_err(|e| e.to_string())?;
+    let entries = settings.webhook_secrets();
+    let mut parsed = entries.iter().map(|entry| split_entry(entry.expose()));
+    let found = match signer {
+        None => parsed.next(),
+        Some(wanted) => parsed.find(|(name, _)| *name == Some(wanted)),
+    };
+    found.map(|(_, secret)| secret.to_owned()).ok_or_else(|| {
+        format!("no secret named {:?} in SCANHOOK__WEBHOOK__SECRET", signer.unwrap_or(""))
+    })
 }
 
 async fn dead_letters(command: DeadLetterCommand) -> Result<(), String> {
