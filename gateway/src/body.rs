@@ -1,10 +1,11 @@
 //! What a scan notification body must be: a JSON object with a positive integer `scan_id`.
 //!
 //! The body is walked once, without building a tree: every object is checked for repeated keys
-//! (which JSON parsers resolve differently, so an audit copy with them is ambiguous) and the
-//! top-level `scan_id` is judged from its raw text, so that `1.0`, `1e3` and integers beyond
-//! 64 bits are told apart from plain positive integers. Nesting is bounded by serde_json's
-//! recursion limit, and the size by the gateway's body limit.
+//! (which JSON parsers resolve differently, so an audit copy with them is ambiguous), the
+//! `scan_id` value included, and the top-level `scan_id` is judged on the way. Only a `scan_id`
+//! that is a number but not an `i64` needs a second look at its text, to tell `1.0` and `1e3`
+//! from integers beyond 64 bits. Nesting is bounded by serde_json's recursion limit, and the
+//! size by the gateway's body limit.
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -14,8 +15,9 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-/// Deepest nesting of arrays and objects serde_json accepts.
-pub const MAX_DEPTH: usize = 128;
+/// Deepest nesting of arrays and objects accepted, the top-level object counted (serde_json's
+/// recursion limit).
+pub const MAX_DEPTH: usize = 127;
 
 /// Longest part of a repeated key quoted back to the sender.
 const KEY_QUOTE_CHARS: usize = 64;
@@ -27,7 +29,7 @@ pub enum BodyError {
     NotUtf8,
     #[error("Request body is not valid JSON: {0}")]
     NotJson(String),
-    #[error("Request body is nested too deeply (at most 128 levels of arrays and objects)")]
+    #[error("Request body is nested too deeply (at most 127 levels of arrays and objects)")]
     TooDeep,
     #[error("Request body has the key {key} more than once (line {line} column {column})")]
     DuplicateKey { key: String, line: usize, column: usize },
@@ -77,7 +79,8 @@ pub fn parse_scan_id(body: &[u8]) -> Result<i64, BodyError> {
     match walked {
         Ok(Shape::NotObject) => Err(BodyError::NotObject),
         Ok(Shape::Object { scan_id: None }) => Err(BodyError::MissingScanId),
-        Ok(Shape::Object { scan_id: Some(verdict) }) => verdict,
+        Ok(Shape::Object { scan_id: Some(Verdict::Judged(verdict)) }) => verdict,
+        Ok(Shape::Object { scan_id: Some(Verdict::NotAnI64) }) => Err(judge_number_text(text)),
         Err(err) => Err(match found.take() {
             Some(BodyError::DuplicateKey { key, .. }) => {
                 BodyError::DuplicateKey { key, line: err.line(), column: err.column() }
@@ -88,21 +91,22 @@ pub fn parse_scan_id(body: &[u8]) -> Result<i64, BodyError> {
     }
 }
 
-/// Judges `scan_id` from its JSON text.
-fn judge_scan_id(raw: &str) -> Result<i64, BodyError> {
-    match raw.as_bytes().first() {
-        Some(b'n') => Err(BodyError::NullScanId),
-        Some(b'"') => Err(BodyError::ScanIdWrongType("a string")),
-        Some(b't' | b'f') => Err(BodyError::ScanIdWrongType("a boolean")),
-        Some(b'[') => Err(BodyError::ScanIdWrongType("an array")),
-        Some(b'{') => Err(BodyError::ScanIdWrongType("an object")),
-        _ if raw.contains(['.', 'e', 'E']) => Err(BodyError::ScanIdNotInteger),
-        Some(b'-') => Err(BodyError::ScanIdNotPositive),
-        _ => match raw.parse::<i64>() {
-            Ok(id) if id > 0 => Ok(id),
-            Ok(_) => Err(BodyError::ScanIdNotPositive),
-            Err(_) => Err(BodyError::ScanIdOutOfRange),
-        },
+/// Why a `scan_id` that serde_json read as a float is not an `i64`, from the body's text. The
+/// walk has already found the body valid, with `scan_id` once at the top, so this cannot fail
+/// to find it.
+fn judge_number_text(text: &str) -> BodyError {
+    #[derive(serde::Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow)]
+        scan_id: &'a RawValue,
+    }
+    let raw = serde_json::from_str::<Top<'_>>(text).map(|top| top.scan_id.get()).unwrap_or("");
+    if raw.contains(['.', 'e', 'E']) {
+        BodyError::ScanIdNotInteger
+    } else if raw.starts_with('-') {
+        BodyError::ScanIdNotPositive
+    } else {
+        BodyError::ScanIdOutOfRange
     }
 }
 
@@ -122,7 +126,14 @@ fn syntax_error(err: &serde_json::Error) -> BodyError {
 /// What the top level turned out to be.
 enum Shape {
     NotObject,
-    Object { scan_id: Option<Result<i64, BodyError>> },
+    Object { scan_id: Option<Verdict> },
+}
+
+/// What the walk found `scan_id` to be.
+enum Verdict {
+    Judged(Result<i64, BodyError>),
+    /// A number serde_json could only read as a float: a fraction, an exponent, or too large.
+    NotAnI64,
 }
 
 /// Where a walk leaves the refusal it stopped on, since serde errors carry text only.
@@ -154,8 +165,7 @@ impl<'de> Visitor<'de> for Document<'_> {
             let is_scan_id = key == "scan_id";
             keys.insert::<A::Error>(key)?;
             if is_scan_id {
-                let raw: &RawValue = map.next_value()?;
-                scan_id = Some(judge_scan_id(raw.get()));
+                scan_id = Some(map.next_value_seed(ScanId { found: self.found })?);
             } else {
                 map.next_value_seed(Checked { found: self.found })?;
             }
@@ -190,6 +200,65 @@ impl<'de> Visitor<'de> for Document<'_> {
 
     fn visit_unit<E: de::Error>(self) -> Result<Shape, E> {
         Ok(Shape::NotObject)
+    }
+}
+
+/// The top-level `scan_id` value: judged, and like any value checked for repeated keys.
+struct ScanId<'a> {
+    found: Found<'a>,
+}
+
+impl<'de> DeserializeSeed<'de> for ScanId<'_> {
+    type Value = Verdict;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Verdict, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ScanId<'_> {
+    type Value = Verdict;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a positive integer")
+    }
+
+    fn visit_u64<E: de::Error>(self, id: u64) -> Result<Verdict, E> {
+        Ok(Verdict::Judged(match i64::try_from(id) {
+            Ok(0) => Err(BodyError::ScanIdNotPositive),
+            Ok(id) => Ok(id),
+            Err(_) => Err(BodyError::ScanIdOutOfRange),
+        }))
+    }
+
+    fn visit_i64<E: de::Error>(self, id: i64) -> Result<Verdict, E> {
+        Ok(Verdict::Judged(if id > 0 { Ok(id) } else { Err(BodyError::ScanIdNotPositive) }))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Verdict, E> {
+        Ok(Verdict::NotAnI64)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Verdict, E> {
+        Ok(Verdict::Judged(Err(BodyError::ScanIdWrongType("a string"))))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Verdict, E> {
+        Ok(Verdict::Judged(Err(BodyError::ScanIdWrongType("a boolean"))))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Verdict, E> {
+        Ok(Verdict::Judged(Err(BodyError::NullScanId)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Verdict, A::Error> {
+        Checked { found: self.found }.visit_seq(seq)?;
+        Ok(Verdict::Judged(Err(BodyError::ScanIdWrongType("an array"))))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Verdict, A::Error> {
+        Checked { found: self.found }.visit_map(map)?;
+        Ok(Verdict::Judged(Err(BodyError::ScanIdWrongType("an object"))))
     }
 }
 
@@ -367,6 +436,8 @@ mod tests {
             r#"{"scan_id":1,"x":{"b":1,"b":2}}"#,
             r#"{"scan_id":1,"x":[{"c":1},{"c":1,"c":1}]}"#,
             r#"{"scan_id":1,"\u0061":1,"a":2}"#,
+            r#"{"scan_id":[{"":null,"":null}]}"#,
+            r#"{"scan_id":{"k":1,"k":2}}"#,
         ] {
             let err = parse_scan_id(body.as_bytes()).expect_err(body);
             assert_eq!(err.reason(), "body_duplicate_key", "{body}: {err}");
@@ -401,7 +472,14 @@ mod tests {
     fn deep_nesting_is_refused_without_harm() {
         let deep = format!(r#"{{"scan_id":1,"x":{}{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
         assert_eq!(parse_scan_id(deep.as_bytes()), Err(BodyError::TooDeep));
-        let fine = format!(r#"{{"scan_id":1,"x":{}{}}}"#, "[".repeat(100), "]".repeat(100));
+        let deepest = MAX_DEPTH - 1;
+        let fine = format!(r#"{{"scan_id":1,"x":{}{}}}"#, "[".repeat(deepest), "]".repeat(deepest));
         assert_eq!(parse_scan_id(fine.as_bytes()), Ok(1));
+        let over =
+            format!(r#"{{"scan_id":1,"x":{}{}}}"#, "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert_eq!(parse_scan_id(over.as_bytes()), Err(BodyError::TooDeep));
+        let inside =
+            format!(r#"{{"scan_id":{}1{}}}"#, "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert_eq!(parse_scan_id(inside.as_bytes()), Err(BodyError::TooDeep));
     }
 }
