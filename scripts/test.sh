@@ -3,7 +3,7 @@
 #
 # Two phases over one build: first every test but the fault-injection ones, in parallel; then
 # the fault-injection tests (gateway/tests/faults.rs), one at a time, since they stop and start
-# the services the others share.
+# the services the others share. Last, the benchmark's smoke run.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -36,3 +36,8 @@ else
   cargo test --workspace --locked "$@" -- --skip faults::
   cargo test --locked -p scanhook-gateway --test faults "$@" -- --test-threads 1 --nocapture
 fi
+
+# The benchmark for seconds per row on the debug binaries just built, so that it cannot rot;
+# it fails when a row gives no figure (see Benchmark in README.md).
+log "benchmark smoke run: scripts/bench.sh --smoke"
+bash scripts/bench.sh --smoke

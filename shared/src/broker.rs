@@ -33,6 +33,19 @@ pub enum PublishError {
     Unroutable(String),
 }
 
+impl PublishError {
+    /// A short, stable name for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoChannel(_) => "no_channel",
+            Self::Broker(_) => "broker_error",
+            Self::ConfirmTimeout(_) => "confirm_timeout",
+            Self::Nacked => "nacked",
+            Self::Unroutable(_) => "unroutable",
+        }
+    }
+}
+
 /// Creates confirm-mode channels on the pooled connections.
 pub struct ChannelManager {
     connections: deadpool_lapin::Pool,
@@ -93,6 +106,23 @@ impl Publisher {
         Ok(Self { channels, confirm_timeout })
     }
 
+    /// Channels of the pool, open and free, as gauges for the metrics.
+    pub fn record_metrics(&self, process: &'static str) {
+        let status = self.channels.status();
+        let gauge = |state: &'static str, value: usize| {
+            metrics::gauge!("scanhook_broker_channels", "process" => process, "state" => state)
+                .set(value as f64);
+        };
+        gauge("open", status.size);
+        gauge("available", status.available);
+        gauge("max", status.max_size);
+    }
+
+    /// Whether a channel to the broker can be had now.
+    pub async fn is_reachable(&self) -> bool {
+        self.channel().await.is_ok_and(|channel| channel.status().connected())
+    }
+
     /// A pooled channel, for declaring the topology or anything else that is not a publish.
     pub async fn channel(&self) -> Result<Object<ChannelManager>, PublishError> {
         self.channels.get().await.map_err(|e| match e {
@@ -111,6 +141,7 @@ impl Publisher {
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
         let channel = self.channel().await?;
+        let started = std::time::Instant::now();
         let outcome = tokio::time::timeout(self.confirm_timeout, async {
             let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
             let properties = properties.with_delivery_mode(2);
@@ -125,8 +156,14 @@ impl Publisher {
             Ok(Err(err)) => Err(err),
             Ok(Ok(confirmation)) => confirmed(confirmation, queue),
         };
-        if result.is_err() {
-            drop(Object::take(channel));
+        match &result {
+            Ok(()) => metrics::histogram!("scanhook_publish_confirm_seconds")
+                .record(started.elapsed().as_secs_f64()),
+            Err(err) => {
+                metrics::counter!("scanhook_publish_failures_total", "reason" => err.reason())
+                    .increment(1);
+                drop(Object::take(channel));
+            }
         }
         result
     }

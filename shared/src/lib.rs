@@ -1,11 +1,13 @@
 //! What the scanhook gateway and worker have in common.
 
+pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod db;
 pub mod dead_letters;
 pub mod entities;
 pub mod event;
+pub mod metrics;
 pub mod telemetry;
 pub mod topology;
 
