@@ -93,6 +93,8 @@ export SCANHOOK__AMQP__QUEUE=scanhook-bench.scans
 SCANHOOK__WEBHOOK__SECRET=$(random_hex)
 export SCANHOOK__WEBHOOK__SECRET
 export SCANHOOK__GATEWAY__LISTEN="127.0.0.1:$gateway_port"
+# Several workers run at once: their admin listeners take any free port.
+export SCANHOOK__GATEWAY__ADMIN_LISTEN=127.0.0.1:0 SCANHOOK__WORKER__ADMIN_LISTEN=127.0.0.1:0
 unset SCANHOOK_TEST_DATABASE_URL SCANHOOK_TEST_AMQP_URL RUST_LOG
 
 started_pids=()

@@ -66,6 +66,13 @@ Send a signed webhook for the demo case:
     -H 'X-Webhook-Signature: sha256=$signature' \\
     --data-binary '$body'
 
+Metrics, health and readiness: http://127.0.0.1:9090/metrics (gateway) and
+http://127.0.0.1:9091/metrics (worker), each also with /healthz and /readyz.
+Or with the scanhook command (target/release/scanhook, reads the same settings):
+
+  . .scanhook/credentials.env
+  SCANHOOK__WEBHOOK__SECRET=\$SCANHOOK_WEBHOOK_SECRET target/release/scanhook send --url $url --patient 605914
+
 See what the worker recorded:
 
   psql '$SCANHOOK__DATABASE__URL' -c 'SELECT * FROM activity_logs ORDER BY created_at DESC;'

@@ -1,6 +1,7 @@
 //! One request, from the raw HTTP exchange to the answer: verify, decode, look up, publish.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,9 +18,11 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, info, warn};
 use uuid::Uuid;
 
+use scanhook_shared::admin::{BoxFuture, Status};
 use scanhook_shared::broker::{PublishError, Publisher};
 use scanhook_shared::config::millis;
 use scanhook_shared::topology::long_string;
+use scanhook_shared::trace::{TRACEPARENT, TraceContext};
 use scanhook_shared::{ScanEvent, Settings, Topology, db};
 
 use crate::access::{Access, BadNetwork};
@@ -36,6 +39,11 @@ const STANDARD_ID_HEADER: &str = "webhook-id";
 const STANDARD_TIMESTAMP_HEADER: &str = "webhook-timestamp";
 const STANDARD_SIGNATURE_HEADER: &str = "webhook-signature";
 const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The `route` label of requests to the one route, and of every other path.
+const ROUTE_LABEL: &str = "/v1/webhooks/scans/{patient_id}";
+const OTHER_ROUTE_LABEL: &str = "unmatched";
+/// How long each readiness check may take.
+const READINESS_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Everything a request needs, built once at start-up.
 pub struct App {
@@ -45,6 +53,7 @@ pub struct App {
     publisher: Publisher,
     queue: String,
     in_flight: Semaphore,
+    max_in_flight: usize,
     max_body_bytes: usize,
     max_header_bytes: usize,
     body_timeout: Duration,
@@ -96,6 +105,7 @@ impl App {
             publisher,
             queue: topology.work,
             in_flight: Semaphore::new(gateway.max_in_flight.max(1)),
+            max_in_flight: gateway.max_in_flight.max(1),
             max_body_bytes: gateway.max_body_bytes,
             max_header_bytes: gateway.max_header_bytes,
             body_timeout: millis(gateway.body_timeout_ms),
@@ -104,26 +114,57 @@ impl App {
         })
     }
 
-    /// Answers one request from `peer`, and leaves one log line saying how it went.
+    /// What the admin listener reports of this gateway: readiness and pool gauges.
+    pub fn status(self: &Arc<Self>) -> Arc<dyn Status> {
+        Arc::new(GatewayStatus(Arc::clone(self)))
+    }
+
+    /// Answers one request from `peer`, and leaves one log line and its metrics saying how it
+    /// went.
     pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
         let started = Instant::now();
         let request_id = request_id(request.headers());
+        let trace = TraceContext::continue_from(
+            request.headers().get(TRACEPARENT).map(HeaderValue::as_bytes),
+        );
         let client = self.access.client(peer, request.headers());
+        let route_label =
+            if route(request.uri().path()).is_ok() { ROUTE_LABEL } else { OTHER_ROUTE_LABEL };
         let span = tracing::info_span!(
             "request",
             request_id = %request_id,
+            trace_id = %trace.trace_id_hex(),
+            span_id = %trace.span_id_hex(),
             client = %client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
             patient_id = tracing::field::Empty,
             signer = tracing::field::Empty,
         );
 
+        let mut signer = None;
         let outcome = match self.in_flight.try_acquire() {
             Ok(_permit) => {
-                self.process(request, client, &request_id).instrument(span.clone()).await
+                self.process(request, client, &request_id, &trace, &mut signer)
+                    .instrument(span.clone())
+                    .await
             }
             Err(_) => Err(Rejection::Overloaded),
         };
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = started.elapsed().as_secs_f64();
+        let latency_ms = elapsed * 1000.0;
+        let (status, reason) = match &outcome {
+            Ok(_) => (202, "accepted"),
+            Err(rejection) => (rejection.status().as_u16(), rejection.reason()),
+        };
+        metrics::counter!(
+            "scanhook_http_requests_total",
+            "route" => route_label,
+            "status" => status.to_string(),
+            "reason" => reason,
+            "signer" => signer.unwrap_or("none").to_owned(),
+        )
+        .increment(1);
+        metrics::histogram!("scanhook_http_request_duration_seconds", "route" => route_label)
+            .record(elapsed);
         let mut response = match outcome {
             Ok((response, event_id)) => {
                 span.in_scope(
@@ -132,7 +173,6 @@ impl App {
                 response
             }
             Err(rejection) => {
-                let status = rejection.status().as_u16();
                 span.in_scope(|| match &rejection {
                     Rejection::Unavailable(_) | Rejection::Internal(_) => warn!(
                         status, outcome = "failed", reason = rejection.reason(), error = %rejection, latency_ms, "request"
@@ -149,11 +189,13 @@ impl App {
     }
 
     /// The checks in their documented order; the first that fails answers.
-    async fn process(
-        &self,
+    async fn process<'a>(
+        &'a self,
         request: Request<Incoming>,
         client: Option<IpAddr>,
         request_id: &str,
+        trace: &TraceContext,
+        signer_seen: &mut Option<&'a str>,
     ) -> Result<(HttpResponse, Uuid), Rejection> {
         let (parts, body) = request.into_parts();
         if !self.access.allows(client) {
@@ -180,6 +222,7 @@ impl App {
         };
         let signer = signed.map_err(|e| Rejection::InvalidSignature(e.reason()))?;
         tracing::Span::current().record("signer", signer);
+        *signer_seen = Some(signer);
 
         let idempotency_key = match &signature {
             // The signed webhook-id is the sender's identity of the message.
@@ -193,7 +236,7 @@ impl App {
 
         let event_id = idempotency::event_id(&patient, idempotency_key);
         let event = scan_event(event_id, &patient, &case, scan_id, &body, signer)?;
-        self.publish(&event, request_id).await?;
+        self.publish(&event, request_id, trace).await?;
 
         let data = Accepted {
             patient_id: patient.as_str(),
@@ -237,9 +280,15 @@ impl App {
         }
     }
 
-    async fn publish(&self, event: &ScanEvent, request_id: &str) -> Result<(), Rejection> {
+    async fn publish(
+        &self,
+        event: &ScanEvent,
+        request_id: &str,
+        trace: &TraceContext,
+    ) -> Result<(), Rejection> {
         let mut headers = FieldTable::default();
         headers.insert(REQUEST_ID_HEADER.into(), long_string(request_id));
+        headers.insert(TRACEPARENT.into(), long_string(&trace.header()));
         let properties = BasicProperties::default()
             .with_message_id(event.event_id.to_string().into())
             .with_content_type("application/json".into())
@@ -249,6 +298,32 @@ impl App {
             .publish(&self.queue, &event.to_json(), properties)
             .await
             .map_err(|err| Rejection::Unavailable(err.to_string()))
+    }
+}
+
+/// The gateway as its admin listener sees it.
+struct GatewayStatus(Arc<App>);
+
+impl Status for GatewayStatus {
+    fn readiness(&self) -> BoxFuture<Vec<(&'static str, bool)>> {
+        let app = Arc::clone(&self.0);
+        Box::pin(async move {
+            let database = tokio::time::timeout(READINESS_TIMEOUT, app.db.ping());
+            let broker = tokio::time::timeout(READINESS_TIMEOUT, app.publisher.is_reachable());
+            let (database, broker) = tokio::join!(database, broker);
+            vec![
+                ("database", matches!(database, Ok(Ok(())))),
+                ("broker", matches!(broker, Ok(true))),
+            ]
+        })
+    }
+
+    fn record_gauges(&self) {
+        let app = &self.0;
+        scanhook_shared::metrics::record_database_pool(&app.db, "gateway");
+        app.publisher.record_metrics("gateway");
+        let in_flight = app.max_in_flight.saturating_sub(app.in_flight.available_permits());
+        metrics::gauge!("scanhook_http_requests_in_flight").set(in_flight as f64);
     }
 }
 

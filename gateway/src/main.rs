@@ -1,11 +1,12 @@
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use scanhook_gateway::App;
-use scanhook_shared::{Needs, Settings, telemetry};
+use scanhook_shared::{Needs, Settings, admin, telemetry};
 
 /// How long start-up keeps trying to reach the database and the broker.
 const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
@@ -20,10 +21,27 @@ async fn main() -> ExitCode {
         return fail(&err.to_string());
     }
     telemetry::init(&settings.log);
+    let metrics = scanhook_shared::metrics::recorder();
+    let admin_listener = match admin::bind(&settings.gateway.admin_listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            return fail(&format!(
+                "cannot open the admin listener on {:?} (SCANHOOK__GATEWAY__ADMIN_LISTEN): {err}",
+                settings.gateway.admin_listen
+            ));
+        }
+    };
 
     let Some(app) = connect_patiently(&settings).await else {
         return ExitCode::FAILURE;
     };
+    let app = Arc::new(app);
+    if let Some(listener) = admin_listener {
+        if let Ok(address) = listener.local_addr() {
+            info!(admin = %address, "admin listener ready (/metrics, /healthz, /readyz)");
+        }
+        tokio::spawn(admin::serve(listener, metrics, app.status(), std::future::pending()));
+    }
     let listener = match TcpListener::bind(settings.gateway.listen).await {
         Ok(listener) => listener,
         Err(err) => return fail(&format!("cannot listen on {}: {err}", settings.gateway.listen)),
@@ -31,7 +49,7 @@ async fn main() -> ExitCode {
     info!(listen = %settings.gateway.listen, queue = %settings.amqp.queue, "gateway ready");
 
     let options = scanhook_gateway::server::ServerOptions::new(&settings.gateway);
-    scanhook_gateway::server::serve(listener, app.into(), options, shutdown_signal()).await;
+    scanhook_gateway::server::serve(listener, app, options, shutdown_signal()).await;
     info!("gateway stopped");
     ExitCode::SUCCESS
 }

@@ -414,4 +414,80 @@ mod faults {
         );
         stdout
     }
+
+    /// The readiness of an admin listener: its status and which dependencies it found.
+    async fn readiness(admin: std::net::SocketAddr) -> (u16, serde_json::Value) {
+        let (status, body) = get(admin, "/readyz").await;
+        (status.as_u16(), serde_json::from_str(&body).expect("an envelope"))
+    }
+
+    /// Waits until both admin listeners answer `want` to /readyz; how long that took.
+    async fn both_ready(admins: [std::net::SocketAddr; 2], want: u16, missing: &str) -> Duration {
+        let started = Instant::now();
+        let reached = eventually(Duration::from_secs(60), || async move {
+            for admin in admins {
+                let (status, envelope) = readiness(admin).await;
+                if status != want {
+                    return None;
+                }
+                if want == 503 && envelope["data"][missing] != serde_json::Value::Bool(false) {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await;
+        assert!(reached.is_some(), "/readyz never answered {want} (waiting for {missing})");
+        started.elapsed()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readiness_follows_postgresql_and_rabbitmq_stopped_and_started() {
+        use scanhook_shared::admin;
+
+        let env = isolated().await;
+        let recorder = scanhook_shared::metrics::recorder();
+        let app = std::sync::Arc::new(
+            scanhook_gateway::App::connect(&env.settings).await.expect("gateway connects"),
+        );
+        let worker = scanhook_worker::Worker::connect(&env.settings).await.expect("worker");
+        let mut admins = Vec::new();
+        for status in [app.status(), worker.status()] {
+            let listener = admin::bind("127.0.0.1:0").await.expect("bind").expect("a listener");
+            admins.push(listener.local_addr().expect("address"));
+            tokio::spawn(admin::serve(listener, recorder.clone(), status, std::future::pending()));
+        }
+        let admins = [admins[0], admins[1]];
+        let settings = env.settings.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let consuming = tokio::spawn(async move {
+            worker
+                .run(&settings, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        both_ready(admins, 200, "").await;
+
+        services::stop_database().await;
+        let database_unready = both_ready(admins, 503, "database").await;
+        services::start_database().await;
+        let database_ready = both_ready(admins, 200, "").await;
+
+        services::stop_broker().await;
+        let broker_unready = both_ready(admins, 503, "broker").await;
+        services::start_broker().await;
+        let broker_ready = both_ready(admins, 200, "").await;
+
+        println!(
+            "figures test=readiness database_unready_ms={} database_ready_again_ms={} \
+             broker_unready_ms={} broker_ready_again_ms={}",
+            database_unready.as_millis(),
+            database_ready.as_millis(),
+            broker_unready.as_millis(),
+            broker_ready.as_millis(),
+        );
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(15), consuming).await;
+    }
 }

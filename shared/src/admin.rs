@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 /// How long each readiness check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// What a binary reports about itself.
 pub trait Status: Send + Sync + 'static {

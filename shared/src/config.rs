@@ -75,6 +75,7 @@ pub struct AmqpSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct GatewaySettings {
     pub listen: SocketAddr,
+    pub admin_listen: String,
     pub max_body_bytes: usize,
     pub retry_after_secs: u32,
     pub publish_channels: usize,
@@ -97,6 +98,7 @@ pub struct WebhookSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
+    pub admin_listen: String,
     pub prefetch: u16,
     pub concurrency: usize,
     pub retry_delays_ms: Vec<u64>,

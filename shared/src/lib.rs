@@ -10,6 +10,7 @@ pub mod event;
 pub mod metrics;
 pub mod telemetry;
 pub mod topology;
+pub mod trace;
 
 pub use config::{Needs, Secret, Settings};
 pub use event::ScanEvent;

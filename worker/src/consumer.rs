@@ -1,6 +1,7 @@
 //! Consuming the work queue: one broker session at a time, reconnecting when it ends.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -15,8 +16,9 @@ use tracing::{Instrument, error, info, warn};
 use scanhook_shared::broker::{self, PublishError, Publisher};
 use scanhook_shared::config::millis;
 use scanhook_shared::topology::{
-    HEADER_ATTEMPTS, HEADER_FAILED_AT, HEADER_REASON, header_int, long_string,
+    HEADER_ATTEMPTS, HEADER_FAILED_AT, HEADER_REASON, header_int, header_str, long_string,
 };
+use scanhook_shared::trace::{TRACEPARENT, TraceContext};
 use scanhook_shared::{ScanEvent, Settings, Topology};
 
 use crate::apply::{Applied, apply_event};
@@ -29,11 +31,22 @@ pub enum SessionError {
     ConsumerEnded,
 }
 
+/// The header the gateway puts the request id in.
+const REQUEST_ID_HEADER: &str = "x-request-id";
+
 /// What happens to a delivery once it has been looked at.
 enum Decision {
-    Ack,
-    Retry { queue: String, attempts: u32, reason: String },
-    DeadLetter { attempts: u32, reason: String },
+    /// Done with: `applied` or `duplicate`.
+    Ack(&'static str),
+    Retry {
+        queue: String,
+        attempts: u32,
+        reason: String,
+    },
+    DeadLetter {
+        attempts: u32,
+        reason: String,
+    },
 }
 
 /// Handles deliveries; shared by the concurrent tasks of one session.
@@ -41,44 +54,75 @@ pub struct Handler {
     db: DatabaseConnection,
     topology: Topology,
     publisher: Publisher,
+    /// Whether a broker session is consuming now, for readiness.
+    consuming: AtomicBool,
 }
 
 impl Handler {
     pub fn new(db: DatabaseConnection, topology: Topology, publisher: Publisher) -> Self {
-        Self { db, topology, publisher }
+        Self { db, topology, publisher, consuming: AtomicBool::new(false) }
     }
 
     pub fn topology(&self) -> &Topology {
         &self.topology
     }
 
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    pub fn is_consuming(&self) -> bool {
+        self.consuming.load(Ordering::Relaxed)
+    }
+
+    fn set_consuming(&self, consuming: bool) {
+        self.consuming.store(consuming, Ordering::Relaxed);
+        metrics::gauge!("scanhook_worker_consuming").set(if consuming { 1.0 } else { 0.0 });
+    }
+
     async fn handle(&self, delivery: Delivery) {
-        let attempts = header_int(delivery.properties.headers().as_ref(), HEADER_ATTEMPTS)
-            .and_then(|n| u32::try_from(n).ok())
-            .unwrap_or(0);
+        let headers = delivery.properties.headers().as_ref();
+        let attempts =
+            header_int(headers, HEADER_ATTEMPTS).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+        let request_id = header_str(headers, REQUEST_ID_HEADER).unwrap_or_default();
+        let trace = TraceContext::continue_from(
+            header_str(headers, TRACEPARENT).as_deref().map(str::as_bytes),
+        );
+        let span = tracing::info_span!(
+            "event",
+            request_id = %request_id,
+            trace_id = %trace.trace_id_hex(),
+            span_id = %trace.span_id_hex(),
+            event_id = tracing::field::Empty,
+            patient_id = tracing::field::Empty,
+            case_id = tracing::field::Empty,
+        );
         let decision = match ScanEvent::from_json(&delivery.data) {
             Err(err) => {
-                warn!(error = %err, "undecodable message");
+                span.in_scope(|| warn!(error = %err, "undecodable message"));
                 Decision::DeadLetter { attempts, reason: format!("undecodable event: {err}") }
             }
             Ok(event) => {
-                let span = tracing::info_span!(
-                    "event",
-                    event_id = %event.event_id,
-                    patient_id = %event.patient_id,
-                    case_id = event.case_id,
-                );
-                self.decide(&event, attempts).instrument(span).await
+                span.record("event_id", tracing::field::display(event.event_id));
+                span.record("patient_id", event.patient_id.as_str());
+                span.record("case_id", event.case_id);
+                self.decide(&event, attempts).instrument(span.clone()).await
             }
         };
-        self.settle(delivery, decision).await;
+        self.settle(delivery, decision).instrument(span).await;
     }
 
     async fn decide(&self, event: &ScanEvent, attempts: u32) -> Decision {
         let started = Instant::now();
         let outcome = apply_event(&self.db, event).await;
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = started.elapsed().as_secs_f64();
+        let latency_ms = elapsed * 1000.0;
         let lag_ms = (Utc::now() - event.received_at).num_milliseconds();
+        metrics::histogram!("scanhook_event_processing_seconds").record(elapsed);
 
         match outcome {
             Ok(Applied::Recorded) => {
@@ -90,11 +134,13 @@ impl Handler {
                     lag_ms,
                     "event"
                 );
-                Decision::Ack
+                metrics::histogram!("scanhook_event_lag_seconds")
+                    .record((lag_ms.max(0) as f64) / 1000.0);
+                Decision::Ack("applied")
             }
             Ok(Applied::Duplicate) => {
                 info!(outcome = "duplicate", attempts, latency_ms, "event");
-                Decision::Ack
+                Decision::Ack("duplicate")
             }
             Err(err) if err.is_permanent() => {
                 warn!(outcome = "dead_lettered", error = %err, attempts, "event");
@@ -134,7 +180,7 @@ impl Handler {
     /// only let go once its copy is confirmed by the broker.
     async fn settle(&self, delivery: Delivery, decision: Decision) {
         let forwarded = match &decision {
-            Decision::Ack => Ok(()),
+            Decision::Ack(_) => Ok(()),
             Decision::Retry { queue, attempts, reason } => {
                 self.forward(&delivery, queue, *attempts, reason, false).await
             }
@@ -143,7 +189,15 @@ impl Handler {
             }
         };
         let settled = match forwarded {
-            Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+            Ok(()) => {
+                let outcome = match &decision {
+                    Decision::Ack(outcome) => *outcome,
+                    Decision::Retry { .. } => "retried",
+                    Decision::DeadLetter { .. } => "dead_lettered",
+                };
+                metrics::counter!("scanhook_events_total", "outcome" => outcome).increment(1);
+                delivery.ack(BasicAckOptions::default()).await
+            }
             Err(err) => {
                 // Back to the queue; the queue's delivery limit stops an endless loop.
                 error!(error = %err, "could not forward the event; returning it to the queue");
@@ -196,6 +250,7 @@ pub async fn run_session(
         )
         .await?;
     info!(queue = %handler.topology().work, prefetch = settings.worker.prefetch, "consuming");
+    handler.set_consuming(true);
 
     let stop = {
         let mut shutdown = shutdown.clone();
@@ -222,6 +277,7 @@ pub async fn run_session(
         () = deadline => warn!("shutdown deadline passed; unfinished events go back to the queue"),
     }
 
+    handler.set_consuming(false);
     let stopping = *shutdown.borrow();
     // Closing returns every unacknowledged message to the queue for another worker.
     let _ = channel.close(200, "bye".into()).await;

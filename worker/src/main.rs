@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use scanhook_shared::{Needs, Settings, telemetry};
+use scanhook_shared::{Needs, Settings, admin, telemetry};
 
 /// How long start-up keeps trying to reach the database.
 const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
@@ -19,11 +19,36 @@ async fn main() -> ExitCode {
     }
     telemetry::init(&settings.log);
     info!(queue = %settings.amqp.queue, concurrency = settings.worker.concurrency, "worker starting");
+    let metrics = scanhook_shared::metrics::recorder();
+    let mut admin_listener = match admin::bind(&settings.worker.admin_listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            return fail(&format!(
+                "cannot open the admin listener on {:?} (SCANHOOK__WORKER__ADMIN_LISTEN): {err}",
+                settings.worker.admin_listen
+            ));
+        }
+    };
 
     let started = tokio::time::Instant::now();
     loop {
-        match scanhook_worker::run(&settings, shutdown_signal()).await {
-            Ok(()) => return ExitCode::SUCCESS,
+        match scanhook_worker::Worker::connect(&settings).await {
+            Ok(worker) => {
+                if let Some(listener) = admin_listener.take() {
+                    if let Ok(address) = listener.local_addr() {
+                        info!(admin = %address, "admin listener ready (/metrics, /healthz, /readyz)");
+                    }
+                    let status = worker.status();
+                    tokio::spawn(admin::serve(
+                        listener,
+                        metrics.clone(),
+                        status,
+                        std::future::pending(),
+                    ));
+                }
+                worker.run(&settings, shutdown_signal()).await;
+                return ExitCode::SUCCESS;
+            }
             Err(err) if started.elapsed() < STARTUP_PATIENCE => {
                 warn!(error = %err, "dependencies not ready; retrying");
                 tokio::time::sleep(Duration::from_secs(2)).await;

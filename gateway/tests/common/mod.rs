@@ -494,3 +494,43 @@ pub fn properties_for(event_id: Uuid) -> BasicProperties {
         .with_content_type("application/json".into())
         .with_headers(FieldTable::default())
 }
+
+/// `GET path` on `addr`: the status and the body as text (admin listeners).
+pub async fn get(addr: SocketAddr, path: &str) -> (StatusCode, String) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(connection);
+    let request = Request::get(path)
+        .header("host", addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status();
+    let bytes = response.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The sum of the samples of `name` in a Prometheus text exposition whose labels contain every
+/// `label="value"` of `labels`; `None` when no sample matches.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines().filter(|line| !line.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let (label_part, value) = match rest.strip_prefix('{') {
+            Some(inner) => match inner.rsplit_once('}') {
+                Some((labels, value)) => (labels, value),
+                None => continue,
+            },
+            None if rest.starts_with(' ') => ("", rest),
+            None => continue,
+        };
+        if !labels.iter().all(|wanted| label_part.split(',').any(|l| l == *wanted)) {
+            continue;
+        }
+        if let Ok(value) = value.trim().parse::<f64>() {
+            *total.get_or_insert(0.0) += value;
+        }
+    }
+    total
+}

@@ -63,19 +63,43 @@ pub fn with_vhost(url: &str, vhost: &str) -> String {
     format!("{scheme}://{authority}/{vhost}")
 }
 
-/// A worker process of the real binary, killed when dropped.
+/// A process of one of the real binaries (worker or gateway), killed when dropped.
 pub struct WorkerProcess {
     child: Child,
     pub log: PathBuf,
 }
 
+/// The gateway binary as a process; the same handle as a worker's.
+pub type GatewayProcess = WorkerProcess;
+
 impl WorkerProcess {
+    /// `scanhook-worker` on the settings' database and queue, its admin listener on any port.
     pub fn start(settings: &Settings, name: &str) -> Self {
+        Self::start_binary(
+            &worker_binary(),
+            settings,
+            name,
+            &[
+                ("SCANHOOK__WORKER__ADMIN_LISTEN", "127.0.0.1:0"),
+                ("SCANHOOK__LOG__FILTER", "warn,scanhook_worker=info"),
+            ],
+        )
+    }
+
+    /// `binary` with the settings' database, broker, queue and worker knobs in its environment
+    /// (and nothing else of the test's), plus `extra`; output to a log file named after `name`.
+    pub fn start_binary(
+        binary: &std::path::Path,
+        settings: &Settings,
+        name: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let log = std::env::temp_dir().join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).expect("worker log file");
+        let file = std::fs::File::create(&log).expect("process log file");
         let delays: Vec<String> =
             settings.worker.retry_delays_ms.iter().map(u64::to_string).collect();
-        let child = Command::new(worker_binary())
+        let mut command = Command::new(binary);
+        command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("SCANHOOK__DATABASE__URL", settings.database.url.expose())
@@ -87,15 +111,23 @@ impl WorkerProcess {
             .env("SCANHOOK__AMQP__QUEUE", &settings.amqp.queue)
             .env("SCANHOOK__WORKER__RETRY_DELAYS_MS", delays.join(","))
             .env("SCANHOOK__WORKER__CONCURRENCY", settings.worker.concurrency.to_string())
-            .env("SCANHOOK__WORKER__PREFETCH", settings.worker.prefetch.to_string())
-            .env("SCANHOOK__LOG__FILTER", "warn,scanhook_worker=info")
+            .env("SCANHOOK__WORKER__PREFETCH", settings.worker.prefetch.to_string());
+        for (key, value) in extra {
+            command.env(key, value);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
             .kill_on_drop(true)
             .spawn()
-            .expect("start the worker binary");
+            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
         Self { child, log }
+    }
+
+    /// What the process has written so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// SIGKILL: no chance to finish, acknowledge or close anything.
@@ -110,6 +142,17 @@ impl WorkerProcess {
         let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
         tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.ok()?.ok()
     }
+}
+
+/// The gateway binary of this package, built with its tests.
+pub fn gateway_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_scanhook-gateway"))
+}
+
+/// A port of 127.0.0.1 that was free a moment ago, for a process that must be told its port.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("address").port()
 }
 
 /// `target/<profile>/scanhook-worker`, built with the tests.

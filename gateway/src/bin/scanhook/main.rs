@@ -1,5 +1,8 @@
 //! `scanhook`: the operator's and integrator's command line.
 
+mod seed;
+mod send;
+
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -38,6 +41,43 @@ enum Command {
         /// The webhook-timestamp, in Unix seconds (default: now).
         #[arg(long, requires = "webhook_id")]
         timestamp: Option<i64>,
+    },
+    /// Post one signed scan notification to a gateway and print its answer; exits 0 on 202.
+    Send {
+        /// The gateway's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The patient, the last segment of the path.
+        #[arg(long)]
+        patient: String,
+        /// The exact request body.
+        #[arg(long, default_value = r#"{"scan_id":1}"#)]
+        body: String,
+        /// The shared secret (default: from SCANHOOK__WEBHOOK__SECRET, the first entry or the
+        /// one named by --signer).
+        #[arg(long, env = "SCANHOOK_SIGN_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// The name of the SCANHOOK__WEBHOOK__SECRET entry to sign with.
+        #[arg(long, conflicts_with = "secret")]
+        signer: Option<String>,
+        /// Sent as Idempotency-Key: resending with the same key is the same event.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Sent as X-Request-Id, to find the request in the logs.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Sign the Standard Webhooks way, with this webhook-id.
+        #[arg(long)]
+        webhook_id: Option<String>,
+    },
+    /// Create demo patients with active cases (uses SCANHOOK__DATABASE__URL).
+    Seed {
+        /// How many patients.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Patients are <prefix>-000001, ...; their cases <PREFIX>-000001, ...
+        #[arg(long, default_value = "demo")]
+        prefix: String,
     },
     /// Inspect and act on dead-lettered events (uses SCANHOOK__AMQP__URL and amqp.queue).
     #[command(subcommand, name = "dead-letters")]
@@ -83,6 +123,36 @@ async fn main() -> ExitCode {
         Command::Sign { body, secret, signer, webhook_id, timestamp } => {
             print_signature(&body, secret, signer.as_deref(), webhook_id.as_deref(), timestamp)
         }
+        Command::Send {
+            url,
+            patient,
+            body,
+            secret,
+            signer,
+            idempotency_key,
+            request_id,
+            webhook_id,
+        } => {
+            let notification = |secret| send::Notification {
+                url,
+                patient_id: patient,
+                body,
+                secret,
+                idempotency_key,
+                request_id,
+                webhook_id,
+            };
+            let sent = match secret.map_or_else(|| configured_secret(signer.as_deref()), Ok) {
+                Ok(secret) => send_notification(notification(secret)).await,
+                Err(err) => Err(err),
+            };
+            match sent {
+                Ok(true) => return ExitCode::SUCCESS,
+                Ok(false) => return ExitCode::FAILURE,
+                Err(err) => Err(err),
+            }
+        }
+        Command::Seed { count, prefix } => seed_cases(count, &prefix).await,
         Command::DeadLetters(command) => dead_letters(command).await,
     };
     match result {
@@ -113,6 +183,28 @@ fn print_signature(
     let signature = sign_standard(&secret, id, timestamp, body.as_bytes())
         .ok_or("the secret starts with whsec_ but the rest is not base64")?;
     println!("webhook-id: {id}\nwebhook-timestamp: {timestamp}\nwebhook-signature: {signature}");
+    Ok(())
+}
+
+/// Sends and prints the answer; `true` for a 202.
+async fn send_notification(notification: send::Notification) -> Result<bool, String> {
+    let answer = send::send(&notification).await?;
+    println!("{}", answer.render());
+    Ok(answer.status == 202)
+}
+
+async fn seed_cases(count: u32, prefix: &str) -> Result<(), String> {
+    let settings = Settings::load().map_err(|e| e.to_string())?;
+    settings.require(&[Needs::Database]).map_err(|e| e.to_string())?;
+    let pairs = seed::seed(&settings, prefix, count).await?;
+    const SHOWN: usize = 10;
+    for (patient, case) in pairs.iter().take(SHOWN) {
+        println!("{patient}  {case}  active");
+    }
+    if pairs.len() > SHOWN {
+        println!("...");
+    }
+    println!("{} patients with an active case", pairs.len());
     Ok(())
 }
 
