@@ -28,7 +28,7 @@ use scanhook_shared::{ScanEvent, Settings, Topology, db};
 use crate::access::{Access, BadNetwork};
 use crate::body::parse_scan_id;
 use crate::idempotency;
-use crate::lookup::{ActiveCase, find_active_case};
+use crate::lookup::{ActiveCase, CaseCache, find_active_case};
 use crate::patient::PatientId;
 use crate::response::{Accepted, HttpResponse, Rejection, accepted};
 use crate::signature::{SecretsError, StandardHeaders, Verifier};
@@ -51,6 +51,7 @@ pub struct App {
     access: Access,
     db: DatabaseConnection,
     publisher: Publisher,
+    cases: CaseCache,
     queue: String,
     in_flight: Semaphore,
     max_in_flight: usize,
@@ -103,6 +104,7 @@ impl App {
             access,
             db,
             publisher,
+            cases: CaseCache::new(gateway.case_cache_capacity, millis(gateway.case_cache_ttl_ms)),
             queue: topology.work,
             in_flight: Semaphore::new(gateway.max_in_flight.max(1)),
             max_in_flight: gateway.max_in_flight.max(1),
@@ -268,6 +270,15 @@ impl App {
     }
 
     async fn active_case(&self, patient: &PatientId) -> Result<ActiveCase, Rejection> {
+        if let Some(case) = self.cases.get(patient) {
+            return Ok(case);
+        }
+        let case = self.look_up_case(patient).await?;
+        self.cases.insert(patient, &case);
+        Ok(case)
+    }
+
+    async fn look_up_case(&self, patient: &PatientId) -> Result<ActiveCase, Rejection> {
         let lookup = tokio::time::timeout(self.query_timeout, find_active_case(&self.db, patient));
         match lookup.await {
             Err(_) => Err(Rejection::Unavailable("case lookup timed out".into())),

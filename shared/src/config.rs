@@ -79,6 +79,8 @@ pub struct GatewaySettings {
     pub max_body_bytes: usize,
     pub retry_after_secs: u32,
     pub publish_channels: usize,
+    pub case_cache_capacity: usize,
+    pub case_cache_ttl_ms: u64,
     pub header_timeout_ms: u64,
     pub body_timeout_ms: u64,
     pub max_header_bytes: usize,
