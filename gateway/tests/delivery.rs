@@ -169,3 +169,73 @@ fn event(event_id: Uuid, case_id: i64, scan_id: i64, at: chrono::DateTime<chrono
     }))
     .expect("json")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_consumes_again_after_the_broker_cancels_its_consumer() {
+    let env = TestEnv::new().await;
+    env.insert_case(PATIENT, "CASE-1").await;
+    let gateway = env.spawn_gateway().await;
+    let worker = env.spawn_worker();
+    let first = Post::signed(PATIENT, r#"{"scan_id":1}"#).send(&gateway).await;
+    first.assert(202, true, ACCEPTED);
+    wait_applied(&env, first.event_id(), Duration::from_secs(10)).await;
+
+    // Deleting the work queue makes RabbitMQ cancel the worker's consumer. Meanwhile the
+    // gateway cannot route the event (503); once the worker has declared the queue again and
+    // consumes, the same request is accepted and applied.
+    let (connection, channel) = env.broker().await;
+    channel
+        .queue_delete(env.topology.work.as_str().into(), Default::default())
+        .await
+        .expect("delete the work queue");
+    connection.close(200, "done".into()).await.ok();
+    let started = Instant::now();
+    let second = eventually(Duration::from_secs(20), || async {
+        let reply = Post::signed(PATIENT, r#"{"scan_id":2}"#).send(&gateway).await;
+        (reply.status.as_u16() == 202).then_some(reply)
+    })
+    .await
+    .expect("accepted again once the worker has declared the queue again");
+    wait_applied(&env, second.event_id(), Duration::from_secs(10)).await;
+    println!("consuming again {:?} after the consumer was cancelled", started.elapsed());
+    worker.stop().await;
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_gateway_finishes_the_request_in_flight_and_takes_no_new_one() {
+    use common::raw::{RawConnection, request};
+
+    let env = TestEnv::new().await;
+    env.insert_case(PATIENT, "CASE-1").await;
+    let gateway = env.spawn_gateway().await;
+    let addr = gateway.addr.expect("address");
+    let body = br#"{"scan_id":31}"#;
+    let signature = scanhook_gateway::signature::sign(SECRET, body);
+    let full = request(
+        "POST",
+        format!("{ROUTE}/{PATIENT}").as_bytes(),
+        &[("Content-Type", "application/json"), ("X-Webhook-Signature", &signature)],
+        body,
+    );
+    let (head, tail) = full.split_at(full.len() - 4);
+    let mut connection = RawConnection::open(addr).await;
+    connection.write(head).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let stopping = tokio::spawn(gateway.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "a stopping gateway accepts no new connection"
+    );
+    connection.write(tail).await;
+    let reply = connection.read_reply(Duration::from_secs(5)).await.expect("an answer");
+    assert_eq!(reply.status, 202, "{reply:?}");
+    assert_eq!(reply.message(), ACCEPTED);
+    stopping.await.expect("the gateway stopped");
+    assert_eq!(
+        env.queue_depths().await.into_iter().find(|(q, _)| *q == env.topology.work).map(|(_, n)| n),
+        Some(1)
+    );
+}

@@ -232,6 +232,10 @@ impl Handler {
 }
 
 /// Consumes until `shutdown` turns true (then returns `Ok`) or the session breaks.
+///
+/// TODO: each event is its own transaction (and commit); committing the events in hand together,
+/// acknowledging them after the commit, is what the drain rate needs to reach the database's
+/// (see BENCHMARKS.md).
 pub async fn run_session(
     settings: &Settings,
     handler: Arc<Handler>,
