@@ -70,6 +70,7 @@ pub struct AmqpSettings {
     pub queue: String,
     pub delivery_limit: u32,
     pub confirm_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -29,6 +29,8 @@ pub enum SessionError {
     Broker(#[from] lapin::Error),
     #[error("the broker ended the consumer")]
     ConsumerEnded,
+    #[error("no broker session within {0:?}")]
+    Timeout(Duration),
 }
 
 /// The header the gateway puts the request id in.
@@ -241,18 +243,24 @@ pub async fn run_session(
     handler: Arc<Handler>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
-    let connection = broker::connect(&settings.amqp.url, "scanhook-worker").await?;
-    let channel = connection.create_channel().await?;
-    handler.topology().declare(&channel, settings.amqp.delivery_limit).await?;
-    channel.basic_qos(settings.worker.prefetch, BasicQosOptions::default()).await?;
-    let consumer = channel
-        .basic_consume(
-            handler.topology().work.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let limit = millis(settings.amqp.connect_timeout_ms);
+    let opening = tokio::time::timeout(limit, async {
+        let connection = broker::connect(&settings.amqp.url, "scanhook-worker").await?;
+        let channel = connection.create_channel().await?;
+        handler.topology().declare(&channel, settings.amqp.delivery_limit).await?;
+        channel.basic_qos(settings.worker.prefetch, BasicQosOptions::default()).await?;
+        let consumer = channel
+            .basic_consume(
+                handler.topology().work.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok::<_, lapin::Error>((connection, channel, consumer))
+    });
+    let (connection, channel, consumer) =
+        opening.await.map_err(|_| SessionError::Timeout(limit))??;
     info!(queue = %handler.topology().work, prefetch = settings.worker.prefetch, "consuming");
     handler.set_consuming(true);
 

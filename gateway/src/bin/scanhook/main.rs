@@ -28,13 +28,8 @@ enum Command {
         /// The exact request body.
         #[arg(long)]
         body: String,
-        /// The shared secret (default: from SCANHOOK__WEBHOOK__SECRET, the first entry or the
-        /// one named by --signer).
-        #[arg(long, env = "SCANHOOK_SIGN_SECRET", hide_env_values = true)]
-        secret: Option<String>,
-        /// The name of the SCANHOOK__WEBHOOK__SECRET entry to sign with.
-        #[arg(long, conflicts_with = "secret")]
-        signer: Option<String>,
+        #[command(flatten)]
+        key: SigningKey,
         /// Sign the Standard Webhooks way, with this webhook-id.
         #[arg(long)]
         webhook_id: Option<String>,
@@ -53,13 +48,8 @@ enum Command {
         /// The exact request body.
         #[arg(long, default_value = r#"{"scan_id":1}"#)]
         body: String,
-        /// The shared secret (default: from SCANHOOK__WEBHOOK__SECRET, the first entry or the
-        /// one named by --signer).
-        #[arg(long, env = "SCANHOOK_SIGN_SECRET", hide_env_values = true)]
-        secret: Option<String>,
-        /// The name of the SCANHOOK__WEBHOOK__SECRET entry to sign with.
-        #[arg(long, conflicts_with = "secret")]
-        signer: Option<String>,
+        #[command(flatten)]
+        key: SigningKey,
         /// Sent as Idempotency-Key: resending with the same key is the same event.
         #[arg(long)]
         idempotency_key: Option<String>,
@@ -82,6 +72,24 @@ enum Command {
     /// Inspect and act on dead-lettered events (uses SCANHOOK__AMQP__URL and amqp.queue).
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(DeadLetterCommand),
+}
+
+/// Which secret signs: given, or taken from the configuration.
+#[derive(Args)]
+struct SigningKey {
+    /// The shared secret (default: from SCANHOOK__WEBHOOK__SECRET, the first entry or the one
+    /// named by --signer).
+    #[arg(long, env = "SCANHOOK_SIGN_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// The name of the SCANHOOK__WEBHOOK__SECRET entry to sign with.
+    #[arg(long, conflicts_with = "secret")]
+    signer: Option<String>,
+}
+
+impl SigningKey {
+    fn resolve(self) -> Result<String, String> {
+        self.secret.map_or_else(|| configured_secret(self.signer.as_deref()), Ok)
+    }
 }
 
 #[derive(Subcommand)]
@@ -120,19 +128,10 @@ impl Which {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Sign { body, secret, signer, webhook_id, timestamp } => {
-            print_signature(&body, secret, signer.as_deref(), webhook_id.as_deref(), timestamp)
+        Command::Sign { body, key, webhook_id, timestamp } => {
+            print_signature(&body, key, webhook_id.as_deref(), timestamp)
         }
-        Command::Send {
-            url,
-            patient,
-            body,
-            secret,
-            signer,
-            idempotency_key,
-            request_id,
-            webhook_id,
-        } => {
+        Command::Send { url, patient, body, key, idempotency_key, request_id, webhook_id } => {
             let notification = |secret| send::Notification {
                 url,
                 patient_id: patient,
@@ -142,7 +141,7 @@ async fn main() -> ExitCode {
                 request_id,
                 webhook_id,
             };
-            let sent = match secret.map_or_else(|| configured_secret(signer.as_deref()), Ok) {
+            let sent = match key.resolve() {
                 Ok(secret) => send_notification(notification(secret)).await,
                 Err(err) => Err(err),
             };
@@ -166,15 +165,11 @@ async fn main() -> ExitCode {
 
 fn print_signature(
     body: &str,
-    secret: Option<String>,
-    signer: Option<&str>,
+    key: SigningKey,
     webhook_id: Option<&str>,
     timestamp: Option<i64>,
 ) -> Result<(), String> {
-    let secret = match secret {
-        Some(secret) => secret,
-        None => configured_secret(signer)?,
-    };
+    let secret = key.resolve()?;
     let Some(id) = webhook_id else {
         println!("{}", sign(&secret, body.as_bytes()));
         return Ok(());
