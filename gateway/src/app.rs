@@ -18,10 +18,10 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, info, warn};
 use uuid::Uuid;
 
-use scanhook_shared::admin::{BoxFuture, Status};
+use scanhook_shared::admin::{self, BoxFuture, Status};
 use scanhook_shared::broker::{PublishError, Publisher};
 use scanhook_shared::config::millis;
-use scanhook_shared::topology::long_string;
+use scanhook_shared::topology::{HEADER_REQUEST_ID, long_string};
 use scanhook_shared::trace::{TRACEPARENT, TraceContext};
 use scanhook_shared::{ScanEvent, Settings, Topology, db};
 
@@ -42,8 +42,6 @@ const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The `route` label of requests to the one route, and of every other path.
 const ROUTE_LABEL: &str = "/v1/webhooks/scans/{patient_id}";
 const OTHER_ROUTE_LABEL: &str = "unmatched";
-/// How long each readiness check may take.
-const READINESS_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Everything a request needs, built once at start-up.
 pub struct App {
@@ -298,7 +296,7 @@ impl App {
         trace: &TraceContext,
     ) -> Result<(), Rejection> {
         let mut headers = FieldTable::default();
-        headers.insert(REQUEST_ID_HEADER.into(), long_string(request_id));
+        headers.insert(HEADER_REQUEST_ID.into(), long_string(request_id));
         headers.insert(TRACEPARENT.into(), long_string(&trace.header()));
         let properties = BasicProperties::default()
             .with_message_id(event.event_id.to_string().into())
@@ -319,13 +317,10 @@ impl Status for GatewayStatus {
     fn readiness(&self) -> BoxFuture<Vec<(&'static str, bool)>> {
         let app = Arc::clone(&self.0);
         Box::pin(async move {
-            let database = tokio::time::timeout(READINESS_TIMEOUT, app.db.ping());
-            let broker = tokio::time::timeout(READINESS_TIMEOUT, app.publisher.is_reachable());
+            let database = admin::check(async { app.db.ping().await.is_ok() });
+            let broker = admin::check(app.publisher.is_reachable());
             let (database, broker) = tokio::join!(database, broker);
-            vec![
-                ("database", matches!(database, Ok(Ok(())))),
-                ("broker", matches!(broker, Ok(true))),
-            ]
+            vec![("database", database), ("broker", broker)]
         })
     }
 

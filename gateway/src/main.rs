@@ -6,7 +6,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use scanhook_gateway::App;
-use scanhook_shared::{Needs, Settings, admin, telemetry};
+use scanhook_shared::{Needs, Settings, admin, shutdown, telemetry};
 
 /// How long start-up keeps trying to reach the database and the broker.
 const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
@@ -22,14 +22,14 @@ async fn main() -> ExitCode {
     }
     telemetry::init(&settings.log);
     let metrics = scanhook_shared::metrics::recorder();
-    let admin_listener = match admin::bind(&settings.gateway.admin_listen).await {
+    let admin_listener = match admin::open(
+        &settings.gateway.admin_listen,
+        "SCANHOOK__GATEWAY__ADMIN_LISTEN",
+    )
+    .await
+    {
         Ok(listener) => listener,
-        Err(err) => {
-            return fail(&format!(
-                "cannot open the admin listener on {:?} (SCANHOOK__GATEWAY__ADMIN_LISTEN): {err}",
-                settings.gateway.admin_listen
-            ));
-        }
+        Err(err) => return fail(&err),
     };
 
     let Some(app) = connect_patiently(&settings).await else {
@@ -37,10 +37,7 @@ async fn main() -> ExitCode {
     };
     let app = Arc::new(app);
     if let Some(listener) = admin_listener {
-        if let Ok(address) = listener.local_addr() {
-            info!(admin = %address, "admin listener ready (/metrics, /healthz, /readyz)");
-        }
-        tokio::spawn(admin::serve(listener, metrics, app.status(), std::future::pending()));
+        admin::spawn(listener, metrics, app.status());
     }
     let listener = match TcpListener::bind(settings.gateway.listen).await {
         Ok(listener) => listener,
@@ -49,7 +46,7 @@ async fn main() -> ExitCode {
     info!(listen = %settings.gateway.listen, queue = %settings.amqp.queue, "gateway ready");
 
     let options = scanhook_gateway::server::ServerOptions::new(&settings.gateway);
-    scanhook_gateway::server::serve(listener, app, options, shutdown_signal()).await;
+    scanhook_gateway::server::serve(listener, app, options, shutdown::signal()).await;
     info!("gateway stopped");
     ExitCode::SUCCESS
 }
@@ -74,27 +71,4 @@ async fn connect_patiently(settings: &Settings) -> Option<App> {
 fn fail(message: &str) -> ExitCode {
     eprintln!("scanhook-gateway: {message}");
     ExitCode::FAILURE
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    info!("shutdown signal received");
 }

@@ -146,6 +146,49 @@ mod faults {
             .collect()
     }
 
+    /// What a test did, for `conclude` to check and report.
+    struct Run<'a> {
+        test: &'static str,
+        events: usize,
+        accepted: &'a HashSet<Uuid>,
+        unavailable: usize,
+        recovery: Option<Duration>,
+    }
+
+    impl<'a> Run<'a> {
+        fn of(test: &'static str, report: &'a LoadReport, recovery: Option<Duration>) -> Self {
+            Self {
+                test,
+                events: report.events,
+                accepted: &report.accepted,
+                unavailable: report.unavailable,
+                recovery,
+            }
+        }
+    }
+
+    /// Waits until every accepted event is applied, stops the workers, checks that nothing is
+    /// left in the work and retry queues, then prints and checks the figures; returns the number
+    /// of dead letters.
+    async fn conclude(env: &TestEnv, run: Run<'_>, workers: Vec<WorkerProcess>) -> u32 {
+        let (applied, duplicates) = settle(env, run.accepted).await;
+        for worker in workers {
+            worker.terminate().await;
+        }
+        let dead_lettered = nothing_left(env).await;
+        check(&Figures {
+            test: run.test,
+            events: run.events,
+            accepted: run.accepted.len(),
+            applied,
+            duplicates,
+            dead_lettered,
+            unavailable: run.unavailable,
+            recovery: run.recovery,
+        });
+        dead_lettered
+    }
+
     fn check(figures: &Figures) {
         figures.print();
         assert_eq!(figures.applied, figures.accepted, "applied == accepted");
@@ -166,19 +209,8 @@ mod faults {
         wait_applied_at_least(&env, at_kill + 1).await;
         let recovery = restarted.elapsed();
 
-        let (applied, duplicates) = settle(&env, &report.accepted).await;
-        worker.terminate().await;
-        let dead_lettered = nothing_left(&env).await;
-        check(&Figures {
-            test: "worker_kill_9",
-            events: report.events,
-            accepted: report.accepted.len(),
-            applied,
-            duplicates,
-            dead_lettered,
-            unavailable: report.unavailable,
-            recovery: Some(recovery),
-        });
+        let run = Run::of("worker_kill_9", &report, Some(recovery));
+        let dead_lettered = conclude(&env, run, vec![worker]).await;
         assert!(at_kill < 5000, "the kill happened mid-backlog ({at_kill} applied)");
         assert_eq!(dead_lettered, 0);
     }
@@ -197,20 +229,8 @@ mod faults {
                 WorkerProcess::start(&env.settings, &format!("faults-two-victim-{}", round + 1));
         }
 
-        let (applied, duplicates) = settle(&env, &report.accepted).await;
-        victim.terminate().await;
-        steady.terminate().await;
-        let dead_lettered = nothing_left(&env).await;
-        check(&Figures {
-            test: "two_workers_one_killed_twice",
-            events: report.events,
-            accepted: report.accepted.len(),
-            applied,
-            duplicates,
-            dead_lettered,
-            unavailable: report.unavailable,
-            recovery: None,
-        });
+        let run = Run::of("two_workers_one_killed_twice", &report, None);
+        let dead_lettered = conclude(&env, run, vec![victim, steady]).await;
         assert_eq!(dead_lettered, 0);
     }
 
@@ -242,20 +262,9 @@ mod faults {
         assert!(recovery.is_some(), "the gateway accepts again after the restart");
         assert_eq!(report.accepted.len(), report.events, "every event is accepted in the end");
 
-        let (applied, duplicates) = settle(&env, &report.accepted).await;
-        worker.terminate().await;
         gateway.stop().await;
-        let dead_lettered = nothing_left(&env).await;
-        check(&Figures {
-            test: "rabbitmq_restart_under_load",
-            events: report.events,
-            accepted: report.accepted.len(),
-            applied,
-            duplicates,
-            dead_lettered,
-            unavailable: report.unavailable,
-            recovery,
-        });
+        let run = Run::of("rabbitmq_restart_under_load", &report, recovery);
+        let dead_lettered = conclude(&env, run, vec![worker]).await;
         assert_eq!(dead_lettered, 0);
     }
 
@@ -279,19 +288,8 @@ mod faults {
         wait_applied_at_least(&env, before + 1).await;
         let recovery = restarted.elapsed();
 
-        let (applied, duplicates) = settle(&env, &report.accepted).await;
-        worker.terminate().await;
-        let dead_lettered = nothing_left(&env).await;
-        check(&Figures {
-            test: "postgresql_restart_while_draining",
-            events: report.events,
-            accepted: report.accepted.len(),
-            applied,
-            duplicates,
-            dead_lettered,
-            unavailable: report.unavailable,
-            recovery: Some(recovery),
-        });
+        let run = Run::of("postgresql_restart_while_draining", &report, Some(recovery));
+        let dead_lettered = conclude(&env, run, vec![worker]).await;
         assert_eq!(dead_lettered, 0);
     }
 
@@ -309,19 +307,12 @@ mod faults {
         env.publish_raw(b"\x00\x01 not an event", properties_for(poison)).await;
 
         let worker = WorkerProcess::start(&env.settings, "faults-poison");
-        let (applied, duplicates) = settle(&env, &report.accepted).await;
-        worker.terminate().await;
-        let dead_lettered = nothing_left(&env).await;
-        check(&Figures {
-            test: "poison_and_orphaned_events",
+        let run = Run {
             events: report.events + 2,
-            accepted: report.accepted.len(),
-            applied,
-            duplicates,
-            dead_lettered,
             unavailable: 0,
-            recovery: None,
-        });
+            ..Run::of("poison_and_orphaned_events", &report, None)
+        };
+        let dead_lettered = conclude(&env, run, vec![worker]).await;
         assert_eq!(dead_lettered, 2);
 
         let listing = cli(&env, &["dead-letters", "list"]).await;
@@ -360,27 +351,22 @@ mod faults {
         let again = cli(&env, &["dead-letters", "replay", "--all"]).await;
         assert!(again.starts_with("0 replayed"), "{again}");
 
-        let accepted = HashSet::from([event_id]);
-        let (applied, duplicates) = settle(&env, &accepted).await;
-        worker.terminate().await;
         gateway.stop().await;
-        let dead_lettered = nothing_left(&env).await;
+        let accepted = HashSet::from([event_id]);
+        let run = Run {
+            test: "replay_after_fix",
+            events: 1,
+            accepted: &accepted,
+            unavailable: 0,
+            recovery: None,
+        };
+        let dead_lettered = conclude(&env, run, vec![worker]).await;
         if dead_lettered > 0 {
             println!(
                 "left in the dead-letter queue:\n{}",
                 cli(&env, &["dead-letters", "list"]).await
             );
         }
-        check(&Figures {
-            test: "replay_after_fix",
-            events: 1,
-            accepted: 1,
-            applied,
-            duplicates,
-            dead_lettered,
-            unavailable: 0,
-            recovery: None,
-        });
         assert_eq!(dead_lettered, 0);
         let on_case = env
             .count(&format!(

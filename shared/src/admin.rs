@@ -19,10 +19,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-/// How long each readiness check may take.
+/// How long all readiness checks together, and each one, may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+const EACH_CHECK_TIMEOUT: Duration = Duration::from_millis(1500);
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -112,6 +113,28 @@ fn envelope(status: StatusCode, ok: bool, message: &str, data: Value) -> Respons
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// Binds a binary's admin address, naming the variable that sets it when that fails; an empty
+/// address means no admin listener.
+pub async fn open(address: &str, variable: &str) -> Result<Option<TcpListener>, String> {
+    bind(address)
+        .await
+        .map_err(|err| format!("cannot open the admin listener on {address:?} ({variable}): {err}"))
+}
+
+/// Serves the admin routes on `listener` in the background for as long as the process runs,
+/// and logs where.
+pub fn spawn(listener: TcpListener, metrics: PrometheusHandle, status: Arc<dyn Status>) {
+    if let Ok(address) = listener.local_addr() {
+        info!(admin = %address, "admin listener ready (/metrics, /healthz, /readyz)");
+    }
+    tokio::spawn(serve(listener, metrics, status, std::future::pending()));
+}
+
+/// Whether a readiness check passed within its time; one that hangs counts as failed.
+pub async fn check(passed: impl Future<Output = bool>) -> bool {
+    tokio::time::timeout(EACH_CHECK_TIMEOUT, passed).await.unwrap_or(false)
 }
 
 /// Binds the admin address of a binary; an empty address means no admin listener.

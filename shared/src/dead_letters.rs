@@ -3,15 +3,13 @@
 //! Messages are taken with `basic.get` and left unacknowledged while the queue is walked; the
 //! ones an operation does not act on are returned to the queue at the end, in one `nack`.
 
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions, QueuePurgeOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueuePurgeOptions};
 use lapin::types::{DeliveryTag, FieldTable};
 use lapin::{BasicProperties, Channel};
 
-use crate::Topology;
 use crate::broker::{PublishError, Publisher};
 use crate::topology::{HEADER_ATTEMPTS, HEADER_FAILED_AT, HEADER_REASON, header_int, header_str};
+use crate::{Topology, topology};
 
 /// Marks a message that an operator sent back to the work queue.
 pub const HEADER_REPLAYED_AT: &str = "x-scanhook-replayed-at";
@@ -86,12 +84,7 @@ impl<'a> DeadLetters<'a> {
 
     /// Messages waiting in the dead-letter queue.
     pub async fn count(&self) -> Result<u32, DeadLetterError> {
-        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        let queue = self
-            .channel
-            .queue_declare(self.topology.dead.as_str().into(), options, FieldTable::default())
-            .await?;
-        Ok(queue.message_count())
+        Ok(topology::message_count(self.channel, &self.topology.dead).await?)
     }
 
     /// Up to `limit` dead letters, oldest first; the queue is left as it was.

@@ -8,6 +8,7 @@ pub mod dead_letters;
 pub mod entities;
 pub mod event;
 pub mod metrics;
+pub mod shutdown;
 pub mod telemetry;
 pub mod topology;
 pub mod trace;

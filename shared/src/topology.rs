@@ -19,6 +19,8 @@ pub const HEADER_ATTEMPTS: &str = "x-scanhook-attempts";
 pub const HEADER_REASON: &str = "x-scanhook-reason";
 /// When an event was dead-lettered (RFC 3339).
 pub const HEADER_FAILED_AT: &str = "x-scanhook-failed-at";
+/// The request id of the notification the event came from, as the gateway gave it.
+pub const HEADER_REQUEST_ID: &str = "x-request-id";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
@@ -100,6 +102,13 @@ async fn declare(channel: &Channel, name: &str, arguments: FieldTable) -> lapin:
     let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
     channel.queue_declare(ShortString::from(name), options, arguments).await?;
     Ok(())
+}
+
+/// Messages ready in `queue`, as its leader counts them; the queue must exist.
+pub async fn message_count(channel: &Channel, queue: &str) -> lapin::Result<u32> {
+    let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+    let declared = channel.queue_declare(ShortString::from(queue), options, FieldTable::default());
+    Ok(declared.await?.message_count())
 }
 
 pub fn long_string(value: &str) -> AMQPValue {

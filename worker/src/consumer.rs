@@ -16,7 +16,8 @@ use tracing::{Instrument, error, info, warn};
 use scanhook_shared::broker::{self, PublishError, Publisher};
 use scanhook_shared::config::millis;
 use scanhook_shared::topology::{
-    HEADER_ATTEMPTS, HEADER_FAILED_AT, HEADER_REASON, header_int, header_str, long_string,
+    HEADER_ATTEMPTS, HEADER_FAILED_AT, HEADER_REASON, HEADER_REQUEST_ID, header_int, header_str,
+    long_string,
 };
 use scanhook_shared::trace::{TRACEPARENT, TraceContext};
 use scanhook_shared::{ScanEvent, Settings, Topology};
@@ -32,9 +33,6 @@ pub enum SessionError {
     #[error("no broker session within {0:?}")]
     Timeout(Duration),
 }
-
-/// The header the gateway puts the request id in.
-const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// What happens to a delivery once it has been looked at.
 enum Decision {
@@ -90,7 +88,7 @@ impl Handler {
         let headers = delivery.properties.headers().as_ref();
         let attempts =
             header_int(headers, HEADER_ATTEMPTS).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
-        let request_id = header_str(headers, REQUEST_ID_HEADER).unwrap_or_default();
+        let request_id = header_str(headers, HEADER_REQUEST_ID).unwrap_or_default();
         let trace = TraceContext::continue_from(
             header_str(headers, TRACEPARENT).as_deref().map(str::as_bytes),
         );

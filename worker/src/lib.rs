@@ -7,15 +7,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use scanhook_shared::admin::{BoxFuture, Status};
+use scanhook_shared::admin::{self, BoxFuture, Status};
 use scanhook_shared::broker::{PublishError, Publisher};
 use scanhook_shared::config::millis;
-use scanhook_shared::{Settings, Topology, db};
+use scanhook_shared::{Settings, Topology, db, topology};
 
 use crate::consumer::{Handler, pause, run_session};
 
@@ -29,8 +27,6 @@ pub enum StartError {
 
 /// How often the depth of the queues is read for the metrics.
 const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(5);
-/// How long each readiness check may take.
-const READINESS_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Connects to the database, then consumes until `shutdown` resolves; a broken broker session
 /// is started again with a growing pause, so outages and consumer cancellations heal by
@@ -86,8 +82,8 @@ impl Status for WorkerStatus {
     fn readiness(&self) -> BoxFuture<Vec<(&'static str, bool)>> {
         let handler = Arc::clone(&self.0);
         Box::pin(async move {
-            let database = tokio::time::timeout(READINESS_TIMEOUT, handler.db().ping()).await;
-            vec![("database", matches!(database, Ok(Ok(())))), ("broker", handler.is_consuming())]
+            let database = admin::check(async { handler.db().ping().await.is_ok() }).await;
+            vec![("database", database), ("broker", handler.is_consuming())]
         })
     }
 
@@ -113,10 +109,9 @@ async fn watch_queue_depths(handler: Arc<Handler>, mut shutdown: watch::Receiver
 async fn record_queue_depths(handler: &Handler) -> Result<(), PublishError> {
     let channel = handler.publisher().channel().await?;
     for name in handler.topology().queue_names() {
-        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        let queue = channel.queue_declare(name.into(), options, FieldTable::default()).await?;
+        let count = topology::message_count(&channel, name).await?;
         metrics::gauge!("scanhook_queue_messages", "queue" => name.to_owned())
-            .set(f64::from(queue.message_count()));
+            .set(f64::from(count));
     }
     Ok(())
 }

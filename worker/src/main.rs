@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use scanhook_shared::{Needs, Settings, admin, telemetry};
+use scanhook_shared::{Needs, Settings, admin, shutdown, telemetry};
 
 /// How long start-up keeps trying to reach the database.
 const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
@@ -20,33 +20,20 @@ async fn main() -> ExitCode {
     telemetry::init(&settings.log);
     info!(queue = %settings.amqp.queue, concurrency = settings.worker.concurrency, "worker starting");
     let metrics = scanhook_shared::metrics::recorder();
-    let mut admin_listener = match admin::bind(&settings.worker.admin_listen).await {
-        Ok(listener) => listener,
-        Err(err) => {
-            return fail(&format!(
-                "cannot open the admin listener on {:?} (SCANHOOK__WORKER__ADMIN_LISTEN): {err}",
-                settings.worker.admin_listen
-            ));
-        }
-    };
+    let mut admin_listener =
+        match admin::open(&settings.worker.admin_listen, "SCANHOOK__WORKER__ADMIN_LISTEN").await {
+            Ok(listener) => listener,
+            Err(err) => return fail(&err),
+        };
 
     let started = tokio::time::Instant::now();
     loop {
         match scanhook_worker::Worker::connect(&settings).await {
             Ok(worker) => {
                 if let Some(listener) = admin_listener.take() {
-                    if let Ok(address) = listener.local_addr() {
-                        info!(admin = %address, "admin listener ready (/metrics, /healthz, /readyz)");
-                    }
-                    let status = worker.status();
-                    tokio::spawn(admin::serve(
-                        listener,
-                        metrics.clone(),
-                        status,
-                        std::future::pending(),
-                    ));
+                    admin::spawn(listener, metrics.clone(), worker.status());
                 }
-                worker.run(&settings, shutdown_signal()).await;
+                worker.run(&settings, shutdown::signal()).await;
                 return ExitCode::SUCCESS;
             }
             Err(err) if started.elapsed() < STARTUP_PATIENCE => {
@@ -64,24 +51,4 @@ async fn main() -> ExitCode {
 fn fail(message: &str) -> ExitCode {
     eprintln!("scanhook-worker: {message}");
     ExitCode::FAILURE
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    info!("shutdown signal received");
 }

@@ -191,13 +191,10 @@ impl TestEnv {
         let (connection, channel) = self.broker().await;
         let mut depths = Vec::new();
         for name in self.topology.queue_names() {
-            let options =
-                lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
-            let queue = channel
-                .queue_declare(name.into(), options, FieldTable::default())
+            let count = scanhook_shared::topology::message_count(&channel, name)
                 .await
                 .expect("passive declare");
-            depths.push((name.to_owned(), queue.message_count()));
+            depths.push((name.to_owned(), count));
         }
         connection.close(200, "done".into()).await.ok();
         depths

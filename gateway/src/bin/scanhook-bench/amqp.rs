@@ -22,7 +22,10 @@ use crate::{Load, SplitMix, event, signer, sql};
 /// The properties the gateway publishes with (gateway/src/app.rs), persistent.
 fn properties(message_id: Uuid) -> BasicProperties {
     let mut headers = FieldTable::default();
-    headers.insert("x-request-id".into(), long_string(&Uuid::now_v7().to_string()));
+    headers.insert(
+        scanhook_shared::topology::HEADER_REQUEST_ID.into(),
+        long_string(&Uuid::now_v7().to_string()),
+    );
     BasicProperties::default()
         .with_message_id(message_id.to_string().into())
         .with_content_type("application/json".into())
