@@ -158,16 +158,145 @@ async fn each_retry_waits_its_delay_in_rabbitmq_then_the_event_is_dead_lettered(
 }
 
 fn event(event_id: Uuid, case_id: i64, scan_id: i64, at: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
+    event_of(PATIENT, case_id, event_id, scan_id, at, json!({"scan_id": scan_id}))
+}
+
+fn event_of(
+    patient_id: &str,
+    case_id: i64,
+    event_id: Uuid,
+    scan_id: i64,
+    at: chrono::DateTime<chrono::Utc>,
+    payload: serde_json::Value,
+) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "event_id": event_id,
-        "patient_id": PATIENT,
+        "patient_id": patient_id,
         "case_id": case_id,
-        "case_number": "CASE-1",
+        "case_number": format!("CASE-{case_id}"),
         "scan_id": scan_id,
-        "payload": {"scan_id": scan_id},
+        "payload": payload,
         "received_at": at,
     }))
     .expect("json")
+}
+
+/// A backlog that the worker takes in batches: within a batch, repeated event ids are applied
+/// once, a case moves to its latest update whatever the order, events of a closed case and
+/// unstorable payloads are dead-lettered at once, and one event the database refuses is retried
+/// on its own while the rest of its batch commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_applies_what_it_can_and_sets_aside_each_event_that_fails() {
+    let env = TestEnv::with(|s| {
+        s.worker.concurrency = 1;
+        s.worker.prefetch = 400;
+        s.worker.batch_size = 64;
+        s.worker.retry_delays_ms = vec![50, 50];
+    })
+    .await;
+    let open = env.insert_case(PATIENT, "CASE-OPEN").await;
+    let closed = env.insert_case("605915", "CASE-CLOSED").await;
+    let other = env.insert_case("605916", "CASE-OTHER").await;
+    env.exec(&format!("UPDATE cases SET status = 'closed' WHERE id = {closed}")).await;
+
+    let start = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
+    let at = |n: i64| start + chrono::Duration::milliseconds(n);
+    // 300 updates of one case, newest first, each of them twice.
+    let updates: Vec<(Uuid, i64)> = (1..=300).map(|scan| (Uuid::now_v7(), scan)).collect();
+    let (poison_id, nul_id, closed_id) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let (connection, channel) = env.broker().await;
+    let publish = |body: Vec<u8>, id: Uuid| {
+        let channel = channel.clone();
+        let queue = env.topology.work.clone();
+        async move {
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    Default::default(),
+                    &body,
+                    properties_for(id).with_delivery_mode(2),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+        }
+    };
+    for (i, (id, scan)) in updates.iter().rev().enumerate() {
+        let body = event_of(PATIENT, open, *id, *scan, at(*scan), json!({"scan_id": scan}));
+        publish(body.clone(), *id).await;
+        publish(body, *id).await;
+        if i == 100 {
+            // A patient id PostgreSQL cannot store: the insert fails for the whole batch.
+            let body = event_of("605\u{0}916", other, poison_id, 1, at(0), json!({"scan_id": 1}));
+            publish(body, poison_id).await;
+            let body = event_of(PATIENT, open, nul_id, 7, at(0), json!({"note": "a\u{0}b"}));
+            publish(body, nul_id).await;
+            let body = event_of("605915", closed, closed_id, 1, at(0), json!({"scan_id": 1}));
+            publish(body, closed_id).await;
+        }
+    }
+    connection.close(200, "done".into()).await.ok();
+
+    let worker = env.spawn_worker();
+    let logs_sql = format!("SELECT count(*) FROM activity_logs WHERE case_id = {open}");
+    eventually(Duration::from_secs(20), || async {
+        (env.count(&logs_sql).await == 300).then_some(())
+    })
+    .await
+    .expect("all 300 updates applied");
+    let mut reasons = Vec::new();
+    for _ in 0..3 {
+        let dead = env.take_dead_letter(Duration::from_secs(20)).await.expect("a dead letter");
+        let headers = dead.delivery.properties.headers().as_ref();
+        let id = dead.delivery.properties.message_id().as_ref().map(|id| id.to_string());
+        reasons
+            .push((id.unwrap_or_default(), header_str(headers, HEADER_REASON).unwrap_or_default()));
+    }
+    reasons.sort();
+    let reason_of = |id: Uuid| {
+        reasons
+            .iter()
+            .find(|(m, _)| *m == id.to_string())
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default()
+    };
+    assert!(reason_of(poison_id).starts_with("gave up after 3 attempts"), "{reasons:?}");
+    assert!(reason_of(nul_id).contains("NUL character"), "{reasons:?}");
+    assert!(reason_of(closed_id).contains("no longer active"), "{reasons:?}");
+
+    // Every update recorded once, the case on the newest, and in fewer transactions than events.
+    assert_eq!(env.count(&logs_sql).await, 300);
+    let distinct = env
+        .count(&format!(
+            "SELECT count(DISTINCT event_id) FROM activity_logs WHERE case_id = {open}"
+        ))
+        .await;
+    assert_eq!(distinct, 300);
+    assert_eq!(env.count("SELECT count(*) FROM scans").await, 300);
+    let on_latest = env
+        .count(&format!(
+            "SELECT count(*) FROM cases WHERE id = {open} AND latest_scan_id = 300 \
+             AND scan_updated_at = '{}'",
+            at(300).to_rfc3339()
+        ))
+        .await;
+    assert_eq!(on_latest, 1, "the case shows the update received last");
+    let transactions = env
+        .count(&format!(
+            "SELECT count(DISTINCT xmin::text) FROM activity_logs WHERE case_id = {open}"
+        ))
+        .await;
+    println!("300 events (600 deliveries) committed in {transactions} transactions");
+    assert!(transactions <= 150, "{transactions} transactions for 300 events");
+    assert_eq!(
+        env.count(&format!("SELECT count(*) FROM activity_logs WHERE case_id <> {open}")).await,
+        0
+    );
+    let depths = env.queue_depths().await;
+    assert!(depths.iter().all(|(_, n)| *n == 0), "{depths:?}");
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,6 +104,7 @@ pub struct WorkerSettings {
     pub admin_listen: String,
     pub prefetch: u16,
     pub concurrency: usize,
+    pub batch_size: usize,
     pub retry_delays_ms: Vec<u64>,
     pub shutdown_timeout_ms: u64,
 }
@@ -178,6 +179,12 @@ impl Settings {
             return Err(SettingsError::Bad {
                 key: "worker.concurrency",
                 reason: "worker.concurrency and worker.prefetch must be at least 1".into(),
+            });
+        }
+        if self.worker.batch_size == 0 {
+            return Err(SettingsError::Bad {
+                key: "worker.batch_size",
+                reason: "must be at least 1".into(),
             });
         }
         Ok(())

@@ -20,9 +20,9 @@ use scanhook_shared::topology::{
     long_string,
 };
 use scanhook_shared::trace::{TRACEPARENT, TraceContext};
-use scanhook_shared::{ScanEvent, Settings, Topology};
+use scanhook_shared::{ScanEvent, Settings, Topology, db};
 
-use crate::apply::{Applied, apply_event};
+use crate::apply::{Applied, ApplyError, Outcome, apply_batch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -47,6 +47,58 @@ enum Decision {
         attempts: u32,
         reason: String,
     },
+}
+
+/// A delivery, read: its event (unless undecodable), its attempts so far, and its span.
+struct Item {
+    delivery: Delivery,
+    attempts: u32,
+    span: tracing::Span,
+    event: Option<ScanEvent>,
+    /// Set at once for an undecodable message, otherwise once the batch is applied.
+    decision: Option<Decision>,
+}
+
+impl Item {
+    fn read(delivery: Delivery) -> Self {
+        let headers = delivery.properties.headers().as_ref();
+        let attempts =
+            header_int(headers, HEADER_ATTEMPTS).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+        let request_id = header_str(headers, HEADER_REQUEST_ID).unwrap_or_default();
+        let trace = TraceContext::continue_from(
+            header_str(headers, TRACEPARENT).as_deref().map(str::as_bytes),
+        );
+        let span = tracing::info_span!(
+            "event",
+            request_id = %request_id,
+            trace_id = %trace.trace_id_hex(),
+            span_id = %trace.span_id_hex(),
+            event_id = tracing::field::Empty,
+            patient_id = tracing::field::Empty,
+            case_id = tracing::field::Empty,
+        );
+        match ScanEvent::from_json(&delivery.data) {
+            Err(err) => {
+                span.in_scope(
+                    || warn!(outcome = "dead_lettered", error = %err, "undecodable message"),
+                );
+                let reason = format!("undecodable event: {err}");
+                Self {
+                    delivery,
+                    attempts,
+                    span,
+                    event: None,
+                    decision: Some(Decision::DeadLetter { attempts, reason }),
+                }
+            }
+            Ok(event) => {
+                span.record("event_id", tracing::field::display(event.event_id));
+                span.record("patient_id", event.patient_id.as_str());
+                span.record("case_id", event.case_id);
+                Self { delivery, attempts, span, event: Some(event), decision: None }
+            }
+        }
+    }
 }
 
 /// Handles deliveries; shared by the concurrent tasks of one session.
@@ -84,45 +136,66 @@ impl Handler {
         metrics::gauge!("scanhook_worker_consuming").set(if consuming { 1.0 } else { 0.0 });
     }
 
-    async fn handle(&self, delivery: Delivery) {
-        let headers = delivery.properties.headers().as_ref();
-        let attempts =
-            header_int(headers, HEADER_ATTEMPTS).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
-        let request_id = header_str(headers, HEADER_REQUEST_ID).unwrap_or_default();
-        let trace = TraceContext::continue_from(
-            header_str(headers, TRACEPARENT).as_deref().map(str::as_bytes),
-        );
-        let span = tracing::info_span!(
-            "event",
-            request_id = %request_id,
-            trace_id = %trace.trace_id_hex(),
-            span_id = %trace.span_id_hex(),
-            event_id = tracing::field::Empty,
-            patient_id = tracing::field::Empty,
-            case_id = tracing::field::Empty,
-        );
-        let decision = match ScanEvent::from_json(&delivery.data) {
-            Err(err) => {
-                span.in_scope(|| warn!(error = %err, "undecodable message"));
-                Decision::DeadLetter { attempts, reason: format!("undecodable event: {err}") }
+    /// Applies a batch of deliveries in one transaction, then settles each: acknowledged once
+    /// the commit is done, or forwarded to a retry or the dead-letter queue first.
+    async fn handle_batch(&self, deliveries: Vec<Delivery>) {
+        let mut items: Vec<Item> = deliveries.into_iter().map(Item::read).collect();
+        metrics::histogram!("scanhook_worker_batch_events").record(items.len() as f64);
+
+        let events: Vec<&ScanEvent> = items.iter().filter_map(|item| item.event.as_ref()).collect();
+        let started = Instant::now();
+        let applied = self.apply(&events).await;
+        let elapsed = started.elapsed();
+        drop(events);
+
+        let mut index = 0;
+        for item in &mut items {
+            if item.event.is_some() {
+                let outcome = match &applied {
+                    Ok(outcomes) => &outcomes[index],
+                    Err(failure) => failure,
+                };
+                index += 1;
+                item.decision = Some(item.span.in_scope(|| self.decide(item, outcome, elapsed)));
             }
-            Ok(event) => {
-                span.record("event_id", tracing::field::display(event.event_id));
-                span.record("patient_id", event.patient_id.as_str());
-                span.record("case_id", event.case_id);
-                self.decide(&event, attempts).instrument(span.clone()).await
-            }
-        };
-        self.settle(delivery, decision).instrument(span).await;
+        }
+        futures_util::future::join_all(items.into_iter().map(|item| {
+            let decision = item.decision.expect("every delivery has a decision");
+            self.settle(item.delivery, decision).instrument(item.span)
+        }))
+        .await;
     }
 
-    async fn decide(&self, event: &ScanEvent, attempts: u32) -> Decision {
-        let started = Instant::now();
-        let outcome = apply_event(&self.db, event).await;
-        let elapsed = started.elapsed().as_secs_f64();
-        let latency_ms = elapsed * 1000.0;
+    /// Each event's outcome, or the one failure of them all. When the batch's transaction fails
+    /// on something other than an outage, the cause may be one event the database refuses, so
+    /// each is tried again alone, and only what fails alone goes to a retry.
+    async fn apply(&self, events: &[&ScanEvent]) -> Result<Vec<Outcome>, Outcome> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        match apply_batch(&self.db, events).await {
+            Ok(outcomes) => Ok(outcomes),
+            Err(err) if events.len() > 1 && !db::is_unavailable(&err) => {
+                warn!(error = %err, events = events.len(), "batch failed; applying its events one by one");
+                let mut outcomes = Vec::with_capacity(events.len());
+                for event in events {
+                    outcomes.push(match apply_batch(&self.db, &[*event]).await {
+                        Ok(mut one) => one.pop().expect("one outcome per event"),
+                        Err(err) => Err(ApplyError::Database(err)),
+                    });
+                }
+                Ok(outcomes)
+            }
+            Err(err) => Err(Err(ApplyError::Database(err))),
+        }
+    }
+
+    fn decide(&self, item: &Item, outcome: &Outcome, elapsed: Duration) -> Decision {
+        let event = item.event.as_ref().expect("decided on an event");
+        let attempts = item.attempts;
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
         let lag_ms = (Utc::now() - event.received_at).num_milliseconds();
-        metrics::histogram!("scanhook_event_processing_seconds").record(elapsed);
+        metrics::histogram!("scanhook_event_processing_seconds").record(elapsed.as_secs_f64());
 
         match outcome {
             Ok(Applied::Recorded) => {
@@ -232,10 +305,6 @@ impl Handler {
 }
 
 /// Consumes until `shutdown` turns true (then returns `Ok`) or the session breaks.
-///
-/// TODO: each event is its own transaction (and commit); committing the events in hand together,
-/// acknowledging them after the commit, is what the drain rate needs to reach the database's
-/// (see BENCHMARKS.md).
 pub async fn run_session(
     settings: &Settings,
     handler: Arc<Handler>,
@@ -268,13 +337,23 @@ pub async fn run_session(
             let _ = shutdown.wait_for(|stop| *stop).await;
         }
     };
-    let processing =
-        consumer.take_until(stop).for_each_concurrent(settings.worker.concurrency, |delivery| {
+    // Deliveries already in hand are taken together, up to the batch size: one at a time when
+    // traffic is light, full batches when a backlog waits.
+    let processing = consumer
+        .take_until(stop)
+        .ready_chunks(settings.worker.batch_size)
+        .for_each_concurrent(settings.worker.concurrency, |chunk| {
             let handler = Arc::clone(&handler);
             async move {
-                match delivery {
-                    Ok(delivery) => handler.handle(delivery).await,
-                    Err(err) => warn!(error = %err, "consumer error"),
+                let mut deliveries = Vec::with_capacity(chunk.len());
+                for delivery in chunk {
+                    match delivery {
+                        Ok(delivery) => deliveries.push(delivery),
+                        Err(err) => warn!(error = %err, "consumer error"),
+                    }
+                }
+                if !deliveries.is_empty() {
+                    handler.handle_batch(deliveries).await;
                 }
             }
         });

@@ -27,6 +27,9 @@ pub enum StartError {
 
 /// How often the depth of the queues is read for the metrics.
 const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(5);
+/// How soon a failed reading is tried again: the first one can come before the session has
+/// declared the queues.
+const QUEUE_DEPTH_RETRY: Duration = Duration::from_millis(250);
 
 /// Connects to the database, then consumes until `shutdown` resolves; a broken broker session
 /// is started again with a growing pause, so outages and consumer cancellations heal by
@@ -97,10 +100,14 @@ impl Status for WorkerStatus {
 /// `shutdown` turns true.
 async fn watch_queue_depths(handler: Arc<Handler>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        if let Err(err) = record_queue_depths(&handler).await {
-            debug!(error = %err, "could not read the queue depths");
-        }
-        if pause(QUEUE_DEPTH_INTERVAL, &mut shutdown).await {
+        let next = match record_queue_depths(&handler).await {
+            Ok(()) => QUEUE_DEPTH_INTERVAL,
+            Err(err) => {
+                debug!(error = %err, "could not read the queue depths");
+                QUEUE_DEPTH_RETRY
+            }
+        };
+        if pause(next, &mut shutdown).await {
             return;
         }
     }

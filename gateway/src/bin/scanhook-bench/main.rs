@@ -154,9 +154,11 @@ async fn main() -> ExitCode {
         Command::OhaSummary { file } => http::oha_summary(&file),
         Command::Settings => {
             println!(
-                "worker_concurrency={} worker_prefetch={} publish_channels={} db_max_connections={}",
+                "worker_concurrency={} worker_prefetch={} worker_batch_size={} publish_channels={} \
+                 db_max_connections={}",
                 settings.worker.concurrency,
                 settings.worker.prefetch,
+                settings.worker.batch_size,
                 settings.gateway.publish_channels,
                 settings.database.max_connections
             );
