@@ -307,7 +307,7 @@ mod tests {
 
     #[test]
     fn a_nul_anywhere_in_the_payload_is_found() {
-        let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+        let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).expect("json");
         assert!(!has_nul(&parse(r#"{"scan_id":1,"note":"fine \\u0000 as text"}"#)));
         assert!(has_nul(&parse(r#"{"scan_id":1,"note":"a\u0000b"}"#)));
         assert!(has_nul(&parse(r#"{"scan_id":1,"deep":[{"x":["\u0000"]}]}"#)));
