@@ -107,6 +107,9 @@ enum Command {
     PgbenchScript {
         #[arg(long)]
         out: std::path::PathBuf,
+        /// Events per transaction, as the worker's `batch_size` when a backlog fills its batches.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
         #[arg(long, default_value_t = 1000)]
         patients: usize,
         #[arg(long, default_value_t = 1000)]
@@ -148,8 +151,8 @@ async fn main() -> ExitCode {
             sql::drain_wait(&settings, after_id, expect, stall_secs).await
         }
         Command::Lag { after_id } => sql::lag(&settings, after_id).await,
-        Command::PgbenchScript { out, patients, cases } => {
-            sql::pgbench_script(&settings, &out, &Load::new(patients, cases)).await
+        Command::PgbenchScript { out, batch, patients, cases } => {
+            sql::pgbench_script(&settings, &out, &Load::new(patients, cases), batch).await
         }
         Command::OhaSummary { file } => http::oha_summary(&file),
         Command::Settings => {

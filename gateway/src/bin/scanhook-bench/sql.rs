@@ -243,26 +243,75 @@ pub async fn lag(settings: &Settings, after_id: i64) -> Result<(), String> {
     Ok(())
 }
 
-/// The worker's transaction (worker/src/apply.rs, as sea-orm sends it; seen with
-/// log_statement = 'all') for a pgbench client. What the worker binds as parameters comes from
-/// pgbench variables; the event id, time and case columns come back from the first statement
-/// with \gset, so there is no statement the worker does not send.
-const PGBENCH_SCRIPT: &str = r#"-- Written by scanhook-bench pgbench-script: the worker's transaction, one event.
-\set k random(0, :patients - 1)
-\set cid :first_case_id + :k * :stride
-\set scan random(1, 1099511627776)
-BEGIN;
-SELECT "cases"."id", "cases"."case_number", "cases"."patient_id", "cases"."status", "cases"."latest_scan_id", "cases"."scan_updated_at", "cases"."created_at", "cases"."updated_at", {event_id} AS event_id, clock_timestamp() AS received_at FROM "cases" WHERE "cases"."id" = :cid LIMIT 1 FOR UPDATE
-\gset c_
-INSERT INTO "activity_logs" ("case_id", "patient_id", "event_id", "action", "description", "scan_id", "payload", "signer", "received_at") VALUES (:cid, :c_patient_id, :c_event_id, 'scan.updated', 'Scan ' || :scan || ' updated for case ' || :c_case_number, :scan, {payload}, 'secret-1', :c_received_at) ON CONFLICT ("event_id") DO NOTHING;
-INSERT INTO "scans" ("case_id", "patient_id", "scan_id", "payload", "last_event_id", "first_received_at", "last_received_at") VALUES (:cid, :c_patient_id, :scan, {payload}, :c_event_id, :c_received_at, :c_received_at) ON CONFLICT ("case_id", "scan_id") DO UPDATE SET "payload" = "excluded"."payload", "last_event_id" = "excluded"."last_event_id", "last_received_at" = "excluded"."last_received_at" WHERE "scans"."last_received_at" <= :c_received_at;
-UPDATE "cases" SET "latest_scan_id" = :scan, "scan_updated_at" = :c_received_at, "updated_at" = CURRENT_TIMESTAMP WHERE "cases"."id" = :cid;
-COMMIT;
-"#;
+/// Most events in one pgbench transaction: pgbench binds at most 255 variables per statement,
+/// and each event takes two.
+pub const PGBENCH_MAX_BATCH: usize = 120;
+
+/// The worker's transaction for a batch of `batch` events (worker/src/apply.rs; the statements
+/// as sea-orm sends them, seen with log_statement = 'all'), for a pgbench client: the same
+/// locks, rows, conflict clauses and round trips. pgbench binds the case id and scan id of each
+/// event; the texts and times the worker binds besides are derived in the statement from those
+/// two, since pgbench takes at most 255 variables per statement.
+fn pgbench_batch_script(batch: usize, payload: &str) -> String {
+    let mut script = format!(
+        "-- Written by scanhook-bench pgbench-script: the worker's transaction, {batch} events.\n"
+    );
+    for i in 1..=batch {
+        script.push_str(&format!(
+            "\\set cid{i} :first_case_id + random(0, :patients - 1) * :stride\n\
+             \\set scan{i} random(1, 1099511627776)\n"
+        ));
+    }
+    let list = |row: &dyn Fn(usize) -> String| (1..=batch).map(row).collect::<Vec<_>>().join(", ");
+    let events = format!(
+        "(VALUES {}) AS e (case_id, scan_id)",
+        list(&|i| format!("(:cid{i}::bigint, :scan{i}::bigint)"))
+    );
+    let number = "lpad((e.case_id - :first_case_id)::text, 6, '0')";
+    let event_id = time_ordered_uuid("clock_timestamp()");
+    let payload = payload.replace(":scan", "e.scan_id");
+    script.push_str("BEGIN;\n");
+    script.push_str(&format!(
+        "SELECT \"cases\".\"id\", \"cases\".\"case_number\", \"cases\".\"patient_id\", \
+         \"cases\".\"status\", \"cases\".\"latest_scan_id\", \"cases\".\"scan_updated_at\", \
+         \"cases\".\"created_at\", \"cases\".\"updated_at\" FROM \"cases\" WHERE \"cases\".\"id\" \
+         IN ({}) ORDER BY \"cases\".\"id\" ASC FOR UPDATE;\n",
+        list(&|i| format!(":cid{i}"))
+    ));
+    script.push_str(&format!(
+        "INSERT INTO \"activity_logs\" (\"case_id\", \"patient_id\", \"event_id\", \"action\", \
+         \"description\", \"scan_id\", \"payload\", \"signer\", \"received_at\") SELECT e.case_id, \
+         'bench-' || {number}, {event_id}, 'scan.updated', 'Scan ' || e.scan_id || ' updated for \
+         case BENCH-' || {number}, e.scan_id, {payload}, 'secret-1', clock_timestamp() FROM {events} \
+         ON CONFLICT (\"event_id\") DO NOTHING RETURNING \"event_id\";\n"
+    ));
+    script.push_str(&format!(
+        "INSERT INTO \"scans\" (\"case_id\", \"patient_id\", \"scan_id\", \"payload\", \
+         \"last_event_id\", \"first_received_at\", \"last_received_at\") SELECT e.case_id, \
+         'bench-' || {number}, e.scan_id, {payload}, {event_id}, clock_timestamp(), \
+         clock_timestamp() FROM {events} ON CONFLICT (\"case_id\", \"scan_id\") DO UPDATE SET \
+         \"payload\" = \"excluded\".\"payload\", \"last_event_id\" = \"excluded\".\"last_event_id\", \
+         \"last_received_at\" = \"excluded\".\"last_received_at\" WHERE \
+         \"scans\".\"last_received_at\" <= \"excluded\".\"last_received_at\";\n"
+    ));
+    script.push_str(&format!(
+        "UPDATE cases SET latest_scan_id = moved.scan_id, scan_updated_at = moved.received_at, \
+         updated_at = CURRENT_TIMESTAMP FROM (VALUES {}) AS moved (id, scan_id, received_at) \
+         WHERE cases.id = moved.id;\n",
+        list(&|i| format!("(:cid{i}::bigint, :scan{i}::bigint, clock_timestamp()::timestamptz)"))
+    ));
+    script.push_str("COMMIT;\n");
+    script
+}
 
 /// Writes the script and prints the `-D` options pgbench needs, after checking that the load
 /// patients' case ids are where the script computes them.
-pub async fn pgbench_script(settings: &Settings, out: &Path, load: &Load) -> Result<(), String> {
+pub async fn pgbench_script(
+    settings: &Settings,
+    out: &Path,
+    load: &Load,
+    batch: usize,
+) -> Result<(), String> {
     let cases = case_ids(settings, load).await?;
     let stride = (load.cases / load.patients) as i64;
     let first = cases[0].1;
@@ -275,10 +324,11 @@ pub async fn pgbench_script(settings: &Settings, out: &Path, load: &Load) -> Res
         }
     }
     // The payload as the worker binds it: the scanner's body, as jsonb.
+    if !(1..=PGBENCH_MAX_BATCH).contains(&batch) {
+        return Err(format!("--batch takes 1 to {PGBENCH_MAX_BATCH} events"));
+    }
     let payload = body(0).replacen("\"scan_id\":0", "\"scan_id\":' || :scan || '", 1);
-    let script = PGBENCH_SCRIPT
-        .replace("{event_id}", &time_ordered_uuid("clock_timestamp()"))
-        .replace("{payload}", &format!("('{payload}')::jsonb"));
+    let script = pgbench_batch_script(batch, &format!("('{payload}')::jsonb"));
     std::fs::write(out, script).map_err(|e| format!("{}: {e}", out.display()))?;
     println!("-D patients={} -D first_case_id={first} -D stride={stride}", load.patients);
     Ok(())
