@@ -9,6 +9,7 @@ pub mod entities;
 pub mod event;
 pub mod metrics;
 pub mod shutdown;
+pub mod statements;
 pub mod telemetry;
 pub mod topology;
 pub mod trace;

@@ -11,6 +11,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use scanhook_shared::entities::{ACTION_SCAN_UPDATED, CASE_STATUS_ACTIVE, activity_logs};
+use scanhook_shared::statements::{INSERT_ACTIVITY, LOCK_CASES, MOVE_CASES, UPSERT_SCANS};
 use scanhook_shared::{ScanEvent, db};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,37 +49,6 @@ impl ApplyError {
 /// What became of one event of a batch. Only permanent errors are per event: a database error
 /// fails the whole batch (see [`apply_batch`]).
 pub type Outcome = Result<Applied, ApplyError>;
-
-/// Locks the cases of a batch, in id order.
-const LOCK_CASES: &str = "SELECT id, status, scan_updated_at FROM cases \
-     WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE";
-
-/// The activity log rows; returns the event ids that were new. `signer` is '' for none.
-const INSERT_ACTIVITY: &str = "INSERT INTO activity_logs \
-     (case_id, patient_id, event_id, action, description, scan_id, payload, signer, received_at) \
-     SELECT e.case_id, e.patient_id, e.event_id, $4, e.description, e.scan_id, e.payload::jsonb, \
-     NULLIF(e.signer, ''), e.received_at \
-     FROM unnest($1::bigint[], $2::text[], $3::uuid[], $5::text[], $6::bigint[], $7::text[], \
-     $8::text[], $9::timestamptz[]) \
-     AS e (case_id, patient_id, event_id, description, scan_id, payload, signer, received_at) \
-     ON CONFLICT (event_id) DO NOTHING RETURNING event_id";
-
-/// Creates each scan, or replaces its payload unless the stored one was received later.
-const UPSERT_SCANS: &str = "INSERT INTO scans \
-     (case_id, patient_id, scan_id, payload, last_event_id, first_received_at, last_received_at) \
-     SELECT e.case_id, e.patient_id, e.scan_id, e.payload::jsonb, e.event_id, e.received_at, \
-     e.received_at \
-     FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::uuid[], \
-     $6::timestamptz[]) AS e (case_id, patient_id, scan_id, payload, event_id, received_at) \
-     ON CONFLICT (case_id, scan_id) DO UPDATE SET payload = excluded.payload, \
-     last_event_id = excluded.last_event_id, last_received_at = excluded.last_received_at \
-     WHERE scans.last_received_at <= excluded.last_received_at";
-
-/// Moves each case to its scan.
-const MOVE_CASES: &str = "UPDATE cases SET latest_scan_id = moved.scan_id, \
-     scan_updated_at = moved.received_at, updated_at = CURRENT_TIMESTAMP \
-     FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) AS moved (id, scan_id, received_at) \
-     WHERE cases.id = moved.id";
 
 /// What the lock statement reads of a case.
 struct LockedCase {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Statement};
 
-use scanhook_shared::{Settings, db};
+use scanhook_shared::{Settings, db, statements};
 
 use crate::{Load, MAX_CASES, amqp, body, patient_id};
 
@@ -247,11 +247,11 @@ pub async fn lag(settings: &Settings, after_id: i64) -> Result<(), String> {
 /// and each event takes two.
 pub const PGBENCH_MAX_BATCH: usize = 120;
 
-/// The worker's transaction for a batch of `batch` events (worker/src/apply.rs; the statements
-/// as sea-orm sends them, seen with log_statement = 'all'), for a pgbench client: the same
-/// locks, rows, conflict clauses and round trips. pgbench binds the case id and scan id of each
-/// event; the texts and times the worker binds besides are derived in the statement from those
-/// two, since pgbench takes at most 255 variables per statement.
+/// The worker's transaction for a batch of `batch` events, for a pgbench client: the very
+/// statements of the worker (`scanhook_shared::statements`), bound with arrays as the worker
+/// binds them. pgbench has no array variables, so a query before the transaction (outside it,
+/// as the worker builds its arrays before it begins) turns random cases and scans into the
+/// arrays' text, which `\gset` keeps for the statements.
 fn pgbench_batch_script(batch: usize, payload: &str) -> String {
     let mut script = format!(
         "-- Written by scanhook-bench pgbench-script: the worker's transaction, {batch} events.\n"
@@ -262,44 +262,57 @@ fn pgbench_batch_script(batch: usize, payload: &str) -> String {
              \\set scan{i} random(1, 1099511627776)\n"
         ));
     }
-    let list = |row: &dyn Fn(usize) -> String| (1..=batch).map(row).collect::<Vec<_>>().join(", ");
-    let events = format!(
-        "(VALUES {}) AS e (case_id, scan_id)",
-        list(&|i| format!("(:cid{i}::bigint, :scan{i}::bigint)"))
-    );
+    let array = |name: &str| {
+        let items: Vec<String> = (1..=batch).map(|i| format!(":{name}{i}")).collect();
+        format!("ARRAY[{}]::bigint[]", items.join(", "))
+    };
     let number = "lpad((e.case_id - :first_case_id)::text, 6, '0')";
     let event_id = time_ordered_uuid("clock_timestamp()");
     let payload = payload.replace(":scan", "e.scan_id");
+    // The worker moves each case of a batch once: so does this script (`moved_cases`; the
+    // arrays that are longer pair with nothing).
+    script.push_str(&format!(
+        "SELECT array_agg(e.case_id)::text AS cases, \
+         array_agg('bench-' || {number})::text AS patients, \
+         array_agg({event_id})::text AS events, \
+         array_agg('Scan ' || e.scan_id || ' updated for case BENCH-' || {number})::text AS descriptions, \
+         array_agg(e.scan_id)::text AS scans, array_agg({payload}::text)::text AS payloads, \
+         array_agg('secret-1'::text)::text AS signers, \
+         array_agg(clock_timestamp())::text AS times, \
+         (SELECT array_agg(DISTINCT c)::text FROM unnest({cases}) AS c) AS moved_cases \
+         FROM unnest({cases}, {scans}) AS e (case_id, scan_id)\n\\gset b_\n",
+        cases = array("cid"),
+        scans = array("scan"),
+    ));
+    let bind = |sql: &str, vars: &[&str]| {
+        let mut sql = sql.to_owned();
+        // Highest first, so that $1 does not take the front of $10.
+        for (n, var) in vars.iter().enumerate().rev() {
+            sql = sql.replace(&format!("${}", n + 1), var);
+        }
+        format!("{sql};\n")
+    };
     script.push_str("BEGIN;\n");
-    script.push_str(&format!(
-        "SELECT \"cases\".\"id\", \"cases\".\"case_number\", \"cases\".\"patient_id\", \
-         \"cases\".\"status\", \"cases\".\"latest_scan_id\", \"cases\".\"scan_updated_at\", \
-         \"cases\".\"created_at\", \"cases\".\"updated_at\" FROM \"cases\" WHERE \"cases\".\"id\" \
-         IN ({}) ORDER BY \"cases\".\"id\" ASC FOR UPDATE;\n",
-        list(&|i| format!(":cid{i}"))
+    script.push_str(&bind(statements::LOCK_CASES, &[":b_cases"]));
+    script.push_str(&bind(
+        statements::INSERT_ACTIVITY,
+        &[
+            ":b_cases",
+            ":b_patients",
+            ":b_events",
+            "'scan.updated'",
+            ":b_descriptions",
+            ":b_scans",
+            ":b_payloads",
+            ":b_signers",
+            ":b_times",
+        ],
     ));
-    script.push_str(&format!(
-        "INSERT INTO \"activity_logs\" (\"case_id\", \"patient_id\", \"event_id\", \"action\", \
-         \"description\", \"scan_id\", \"payload\", \"signer\", \"received_at\") SELECT e.case_id, \
-         'bench-' || {number}, {event_id}, 'scan.updated', 'Scan ' || e.scan_id || ' updated for \
-         case BENCH-' || {number}, e.scan_id, {payload}, 'secret-1', clock_timestamp() FROM {events} \
-         ON CONFLICT (\"event_id\") DO NOTHING RETURNING \"event_id\";\n"
+    script.push_str(&bind(
+        statements::UPSERT_SCANS,
+        &[":b_cases", ":b_patients", ":b_scans", ":b_payloads", ":b_events", ":b_times"],
     ));
-    script.push_str(&format!(
-        "INSERT INTO \"scans\" (\"case_id\", \"patient_id\", \"scan_id\", \"payload\", \
-         \"last_event_id\", \"first_received_at\", \"last_received_at\") SELECT e.case_id, \
-         'bench-' || {number}, e.scan_id, {payload}, {event_id}, clock_timestamp(), \
-         clock_timestamp() FROM {events} ON CONFLICT (\"case_id\", \"scan_id\") DO UPDATE SET \
-         \"payload\" = \"excluded\".\"payload\", \"last_event_id\" = \"excluded\".\"last_event_id\", \
-         \"last_received_at\" = \"excluded\".\"last_received_at\" WHERE \
-         \"scans\".\"last_received_at\" <= \"excluded\".\"last_received_at\";\n"
-    ));
-    script.push_str(&format!(
-        "UPDATE cases SET latest_scan_id = moved.scan_id, scan_updated_at = moved.received_at, \
-         updated_at = CURRENT_TIMESTAMP FROM (VALUES {}) AS moved (id, scan_id, received_at) \
-         WHERE cases.id = moved.id;\n",
-        list(&|i| format!("(:cid{i}::bigint, :scan{i}::bigint, clock_timestamp()::timestamptz)"))
-    ));
+    script.push_str(&bind(statements::MOVE_CASES, &[":b_moved_cases", ":b_scans", ":b_times"]));
     script.push_str("COMMIT;\n");
     script
 }
