@@ -105,6 +105,7 @@ pub struct WorkerSettings {
     pub prefetch: u16,
     pub concurrency: usize,
     pub batch_size: usize,
+    pub batch_wait_ms: u64,
     pub retry_delays_ms: Vec<u64>,
     pub shutdown_timeout_ms: u64,
 }

@@ -220,6 +220,10 @@ impl Handler {
                 Decision::DeadLetter { attempts: attempts + 1, reason: err.to_string() }
             }
             Err(err) => {
+                // TODO: while the database is unreachable every event taken goes to its retry,
+                // so an outage longer than the whole retry schedule walks the backlog into the
+                // dead-letter queue (replayable); consuming could pause until the database
+                // answers instead, keeping the attempts for failures of the events themselves.
                 let attempts = attempts + 1;
                 match self.topology.retry_after(attempts) {
                     Some(retry) => {
@@ -337,26 +341,31 @@ pub async fn run_session(
             let _ = shutdown.wait_for(|stop| *stop).await;
         }
     };
-    // Deliveries already in hand are taken together, up to the batch size: one at a time when
-    // traffic is light, full batches when a backlog waits.
-    let processing = consumer
-        .take_until(stop)
-        .ready_chunks(settings.worker.batch_size)
-        .for_each_concurrent(settings.worker.concurrency, |chunk| {
-            let handler = Arc::clone(&handler);
-            async move {
-                let mut deliveries = Vec::with_capacity(chunk.len());
-                for delivery in chunk {
-                    match delivery {
-                        Ok(delivery) => deliveries.push(delivery),
-                        Err(err) => warn!(error = %err, "consumer error"),
-                    }
-                }
-                if !deliveries.is_empty() {
-                    handler.handle_batch(deliveries).await;
+    // Deliveries are taken together, up to the batch size: full batches when a backlog waits;
+    // otherwise what arrives within `batch_wait_ms` of a batch's first event.
+    let deliveries = consumer.take_until(stop);
+    let (size, wait) = (settings.worker.batch_size, settings.worker.batch_wait_ms);
+    let chunks = if wait == 0 {
+        deliveries.ready_chunks(size).boxed()
+    } else {
+        tokio_stream::StreamExt::chunks_timeout(deliveries, size, Duration::from_millis(wait))
+            .boxed()
+    };
+    let processing = chunks.for_each_concurrent(settings.worker.concurrency, |chunk| {
+        let handler = Arc::clone(&handler);
+        async move {
+            let mut deliveries = Vec::with_capacity(chunk.len());
+            for delivery in chunk {
+                match delivery {
+                    Ok(delivery) => deliveries.push(delivery),
+                    Err(err) => warn!(error = %err, "consumer error"),
                 }
             }
-        });
+            if !deliveries.is_empty() {
+                handler.handle_batch(deliveries).await;
+            }
+        }
+    });
     let deadline = async {
         let _ = shutdown.wait_for(|stop| *stop).await;
         tokio::time::sleep(millis(settings.worker.shutdown_timeout_ms)).await;

@@ -112,7 +112,8 @@ impl WorkerProcess {
             .env("SCANHOOK__WORKER__RETRY_DELAYS_MS", delays.join(","))
             .env("SCANHOOK__WORKER__CONCURRENCY", settings.worker.concurrency.to_string())
             .env("SCANHOOK__WORKER__PREFETCH", settings.worker.prefetch.to_string())
-            .env("SCANHOOK__WORKER__BATCH_SIZE", settings.worker.batch_size.to_string());
+            .env("SCANHOOK__WORKER__BATCH_SIZE", settings.worker.batch_size.to_string())
+            .env("SCANHOOK__WORKER__BATCH_WAIT_MS", settings.worker.batch_wait_ms.to_string());
         for (key, value) in extra {
             command.env(key, value);
         }
