@@ -182,8 +182,8 @@ fn event_of(
 }
 
 /// A backlog that the worker takes in batches: within a batch, repeated event ids are applied
-/// once, a case moves to its latest update whatever the order, events of a closed case and
-/// unstorable payloads are dead-lettered at once, and one event the database refuses is retried
+/// once, a case moves to its latest update whatever the order, events of a closed or missing
+/// case and unstorable payloads are dead-lettered at once, and one event the database refuses is retried
 /// on its own while the rest of its batch commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_applies_what_it_can_and_sets_aside_each_event_that_fails() {
@@ -204,6 +204,7 @@ async fn a_batch_applies_what_it_can_and_sets_aside_each_event_that_fails() {
     // 300 updates of one case, newest first, each of them twice.
     let updates: Vec<(Uuid, i64)> = (1..=300).map(|scan| (Uuid::now_v7(), scan)).collect();
     let (poison_id, nul_id, closed_id) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let missing_id = Uuid::now_v7();
     let (connection, channel) = env.broker().await;
     let publish = |body: Vec<u8>, id: Uuid| {
         let channel = channel.clone();
@@ -235,6 +236,8 @@ async fn a_batch_applies_what_it_can_and_sets_aside_each_event_that_fails() {
             publish(body, nul_id).await;
             let body = event_of("605915", closed, closed_id, 1, at(0), json!({"scan_id": 1}));
             publish(body, closed_id).await;
+            let body = event_of(PATIENT, other + 1000, missing_id, 1, at(0), json!({"scan_id": 1}));
+            publish(body, missing_id).await;
         }
     }
     connection.close(200, "done".into()).await.ok();
@@ -247,7 +250,7 @@ async fn a_batch_applies_what_it_can_and_sets_aside_each_event_that_fails() {
     .await
     .expect("all 300 updates applied");
     let mut reasons = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let dead = env.take_dead_letter(Duration::from_secs(20)).await.expect("a dead letter");
         let headers = dead.delivery.properties.headers().as_ref();
         let id = dead.delivery.properties.message_id().as_ref().map(|id| id.to_string());
@@ -265,6 +268,7 @@ async fn a_batch_applies_what_it_can_and_sets_aside_each_event_that_fails() {
     assert!(reason_of(poison_id).starts_with("gave up after 3 attempts"), "{reasons:?}");
     assert!(reason_of(nul_id).contains("NUL character"), "{reasons:?}");
     assert!(reason_of(closed_id).contains("no longer active"), "{reasons:?}");
+    assert!(reason_of(missing_id).contains("does not exist"), "{reasons:?}");
 
     // Every update recorded once, the case on the newest, and in fewer transactions than events.
     assert_eq!(env.count(&logs_sql).await, 300);

@@ -137,6 +137,8 @@ pub async fn apply_batch(
                 })
             });
         }
+    }
+    if writable.len() != writes.count {
         writes = Writes::new(&writable);
     }
 
