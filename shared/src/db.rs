@@ -56,3 +56,17 @@ fn sqlx_unavailable(err: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+/// Whether PostgreSQL refused a value itself (SQLSTATE class 22, data exception: an invalid
+/// Unicode escape, a number out of range, a NUL in text): the same values will always be
+/// refused, so the event that carries them can never be applied.
+pub fn is_data_error(err: &DbErr) -> bool {
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(sqlx_err))
+        | DbErr::Query(RuntimeErr::SqlxError(sqlx_err)) => match sqlx_err.as_ref() {
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("22")),
+            _ => false,
+        },
+        _ => false,
+    }
+}

@@ -30,19 +30,35 @@ pub enum ApplyError {
     CaseNotActive { case_id: i64, status: String },
     #[error("payload is not storable JSON: {0}")]
     BadPayload(String),
+    #[error("the database refused a value of the event: {0}")]
+    Refused(DbErr),
     #[error("database error: {0}")]
     Database(#[from] DbErr),
+    /// The database could not be reached while this event's turn came; the error itself was
+    /// reported for an event before it.
+    #[error("database unreachable: {0}")]
+    Unreachable(String),
 }
 
 impl ApplyError {
+    /// The error of applying one event alone: a value PostgreSQL refuses is this event's fault
+    /// for good; anything else may pass later.
+    pub fn alone(err: DbErr) -> Self {
+        if db::is_data_error(&err) { Self::Refused(err) } else { Self::Database(err) }
+    }
+
     /// Whether trying again later can never help.
     pub fn is_permanent(&self) -> bool {
-        !matches!(self, Self::Database(_))
+        !matches!(self, Self::Database(_) | Self::Unreachable(_))
     }
 
     /// Whether the database could not be reached, as opposed to refusing this event.
     pub fn is_outage(&self) -> bool {
-        matches!(self, Self::Database(err) if db::is_unavailable(err))
+        match self {
+            Self::Database(err) => db::is_unavailable(err),
+            Self::Unreachable(_) => true,
+            _ => false,
+        }
     }
 }
 
@@ -73,16 +89,11 @@ pub async fn apply_batch(
 ) -> Result<Vec<Outcome>, DbErr> {
     let mut outcomes: Vec<Option<Outcome>> = events.iter().map(|_| None).collect();
 
-    // Payload checks and, within the batch, one copy per event id.
-    let mut seen = HashSet::with_capacity(events.len());
     let mut candidates: Vec<(usize, &ScanEvent)> = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
-        if let Err(err) = check_payload(event) {
-            outcomes[index] = Some(Err(err));
-        } else if !seen.insert(event.event_id) {
-            outcomes[index] = Some(Ok(Applied::Duplicate));
-        } else {
-            candidates.push((index, event));
+        match check_values(event) {
+            Err(err) => outcomes[index] = Some(Err(err)),
+            Ok(()) => candidates.push((index, event)),
         }
     }
     if candidates.is_empty() {
@@ -114,13 +125,18 @@ pub async fn apply_batch(
         .collect::<Result<_, DbErr>>()?;
 
     // Events whose case is gone or closed are not written; a closed case's event that had been
-    // recorded before is a duplicate, not an error.
+    // recorded before is a duplicate, not an error. Of several copies of one event id that can
+    // be written, the first is, and the others are its duplicates (committed with it).
     let mut writable = Vec::with_capacity(candidates.len());
     let mut refused = Vec::new();
+    let mut seen = HashSet::with_capacity(candidates.len());
     for &(index, event) in &candidates {
         match locked.get(&event.case_id) {
             None => outcomes[index] = Some(Err(ApplyError::CaseMissing(event.case_id))),
             Some(case) if case.status != CASE_STATUS_ACTIVE => refused.push((index, event, case)),
+            Some(_) if !seen.insert(event.event_id) => {
+                outcomes[index] = Some(Ok(Applied::Duplicate))
+            }
             Some(_) => writable.push((index, event)),
         }
     }
@@ -281,12 +297,21 @@ fn case_moves(
     ])
 }
 
-/// PostgreSQL's `jsonb` refuses the NUL character, written `\u0000` in JSON text; the payload
-/// is otherwise valid JSON already (the event would not have decoded).
-fn check_payload(event: &ScanEvent) -> Result<(), ApplyError> {
+/// What PostgreSQL is known to refuse of an event, found before any statement: the NUL
+/// character, in the payload (written `\u0000` in JSON text) or in a text column. The payload
+/// is otherwise valid JSON already (the event would not have decoded); any other value
+/// PostgreSQL refuses shows as [`ApplyError::Refused`] once the event is applied alone.
+fn check_values(event: &ScanEvent) -> Result<(), ApplyError> {
     if has_nul(event.payload.get()) {
         return Err(ApplyError::BadPayload(
             "it contains the NUL character (\\u0000), which PostgreSQL cannot store".into(),
+        ));
+    }
+    let texts = [Some(&event.patient_id), Some(&event.case_number), event.signer.as_ref()];
+    if texts.into_iter().flatten().any(|text| text.contains('\0')) {
+        return Err(ApplyError::BadPayload(
+            "a text field of the event contains the NUL character, which PostgreSQL cannot store"
+                .into(),
         ));
     }
     Ok(())

@@ -178,14 +178,26 @@ impl Handler {
             Err(err) if events.len() > 1 && !db::is_unavailable(&err) => {
                 warn!(error = %err, events = events.len(), "batch failed; applying its events one by one");
                 let mut outcomes = Vec::with_capacity(events.len());
+                let mut unreachable: Option<String> = None;
                 for event in events {
+                    if let Some(reason) = &unreachable {
+                        // No use waiting for a connection once more, event after event.
+                        outcomes.push(Err(ApplyError::Unreachable(reason.clone())));
+                        continue;
+                    }
                     outcomes.push(match apply_batch(&self.db, &[*event]).await {
                         Ok(mut one) => one.pop().expect("one outcome per event"),
-                        Err(err) => Err(ApplyError::Database(err)),
+                        Err(err) => {
+                            if db::is_unavailable(&err) {
+                                unreachable = Some(err.to_string());
+                            }
+                            Err(ApplyError::alone(err))
+                        }
                     });
                 }
                 Ok(outcomes)
             }
+            Err(err) if events.len() == 1 => Err(Err(ApplyError::alone(err))),
             Err(err) => Err(Err(ApplyError::Database(err))),
         }
     }
