@@ -192,6 +192,8 @@ async fn each_admin_listener_serves_metrics_that_move_with_the_traffic() {
             .await;
     assert_eq!(count(&worker, "scanhook_event_lag_seconds_count", &[]), 3.0, "{worker}");
     assert!(count(&worker, "scanhook_event_processing_seconds_count", &[]) >= 3.0);
+    assert!(count(&worker, "scanhook_worker_batch_events_count", &[]) >= 1.0, "{worker}");
+    assert!(metric(&worker, "scanhook_worker_batch_events_bucket", &[r#"le="64""#]).is_some());
     assert_eq!(metric(&worker, "scanhook_worker_consuming", &[]), Some(1.0));
     assert!(metric(&worker, "scanhook_db_pool_connections", &[r#"process="worker""#]).is_some());
     // Queue depths are read on their own clock, so the gauge may come a little later.

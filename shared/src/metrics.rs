@@ -15,6 +15,9 @@ const LATENCY_BUCKETS: &[f64] =
 const LAG_BUCKETS: &[f64] =
     &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0];
 
+/// Bucket bounds of the number of events in a worker's batch.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The recorder of this process, installed on first call. Every later call, from any binary
@@ -24,6 +27,9 @@ pub fn recorder() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("lag_seconds".into()), LAG_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("batch_events".into()), BATCH_BUCKETS)
+                })
                 .and_then(|b| b.set_buckets(LATENCY_BUCKETS))
                 .map(PrometheusBuilder::build_recorder);
             match recorder {
