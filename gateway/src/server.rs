@@ -37,6 +37,17 @@ impl ServerOptions {
             parse_buffer: gateway.max_header_bytes.saturating_mul(2).max(MIN_PARSE_BUFFER),
         }
     }
+
+    /// hyper's HTTP/1.1 connection settings of the gateway.
+    pub fn http1(&self) -> http1::Builder {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_timeout)
+            .max_buf_size(self.parse_buffer)
+            .max_headers(MAX_HEADER_LINES);
+        builder
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and gives the
@@ -60,12 +71,8 @@ pub async fn serve(
                         let app = Arc::clone(&app);
                         async move { Ok::<_, Infallible>(app.handle(request, peer).await) }
                     });
-                    let connection = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(options.header_timeout)
-                        .max_buf_size(options.parse_buffer)
-                        .max_headers(MAX_HEADER_LINES)
-                        .serve_connection(TokioIo::new(stream), service);
+                    let connection =
+                        options.http1().serve_connection(TokioIo::new(stream), service);
                     let connection = graceful.watch(connection);
                     tokio::spawn(async move {
                         if let Err(err) = connection.await {

@@ -208,21 +208,8 @@ async fn a_batch_applies_what_it_can_and_sets_aside_each_event_that_fails() {
     let (connection, channel) = env.broker().await;
     let publish = |body: Vec<u8>, id: Uuid| {
         let channel = channel.clone();
-        let queue = env.topology.work.clone();
-        async move {
-            channel
-                .basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
-                    Default::default(),
-                    &body,
-                    properties_for(id).with_delivery_mode(2),
-                )
-                .await
-                .expect("publish")
-                .await
-                .expect("confirm");
-        }
+        let env = &env;
+        async move { env.publish_raw_on(&channel, &body, properties_for(id)).await }
     };
     for (i, (id, scan)) in updates.iter().rev().enumerate() {
         let body = event_of(PATIENT, open, *id, *scan, at(*scan), json!({"scan_id": scan}));

@@ -176,17 +176,13 @@ impl Settings {
                 reason: "no non-empty secret in the list".into(),
             });
         }
-        if self.worker.concurrency == 0 || self.worker.prefetch == 0 {
-            return Err(SettingsError::Bad {
-                key: "worker.concurrency",
-                reason: "worker.concurrency and worker.prefetch must be at least 1".into(),
-            });
-        }
-        if self.worker.batch_size == 0 {
-            return Err(SettingsError::Bad {
-                key: "worker.batch_size",
-                reason: "must be at least 1".into(),
-            });
+        let counts = [
+            ("worker.concurrency", self.worker.concurrency),
+            ("worker.prefetch", usize::from(self.worker.prefetch)),
+            ("worker.batch_size", self.worker.batch_size),
+        ];
+        if let Some((key, _)) = counts.into_iter().find(|(_, value)| *value == 0) {
+            return Err(SettingsError::Bad { key, reason: "must be at least 1".into() });
         }
         Ok(())
     }

@@ -62,8 +62,8 @@ impl ApplyError {
     }
 }
 
-/// What became of one event of a batch. Only permanent errors are per event: a database error
-/// fails the whole batch (see [`apply_batch`]).
+/// What became of one event of a batch. From [`apply_batch`] only permanent errors are per
+/// event: a database error fails the whole batch.
 pub type Outcome = Result<Applied, ApplyError>;
 
 /// What the lock statement reads of a case.
@@ -81,8 +81,7 @@ struct LockedCase {
 /// that makes an event fail for good (a missing or closed case, a payload PostgreSQL cannot
 /// store) is found before the first write, so the rest of the batch still commits; `Err` means
 /// nothing was written. The statements have one shape whatever the batch size (arrays, not
-/// lists of rows), so each connection prepares them once, and their parameters are built before
-/// the transaction begins, so the case locks are held for the round trips only.
+/// lists of rows), so each connection prepares them once.
 pub async fn apply_batch(
     db: &DatabaseConnection,
     events: &[&ScanEvent],
@@ -105,8 +104,6 @@ pub async fn apply_batch(
         ids.dedup();
         ids
     };
-    // Built for the whole batch, as if every case were found active; rebuilt otherwise.
-    let mut writes = Writes::new(&candidates);
 
     let txn = db.begin().await?;
     let locked: HashMap<i64, LockedCase> = txn
@@ -154,13 +151,9 @@ pub async fn apply_batch(
             });
         }
     }
-    if writable.len() != writes.count {
-        writes = Writes::new(&writable);
-    }
-
     if !writable.is_empty() {
         let inserted: HashSet<Uuid> = txn
-            .query_all_raw(statement(INSERT_ACTIVITY, writes.activity))
+            .query_all_raw(statement(INSERT_ACTIVITY, activity_params(&writable)))
             .await?
             .iter()
             .map(|row| row.try_get::<Uuid>("", "event_id"))
@@ -171,12 +164,7 @@ pub async fn apply_batch(
             outcomes[index] = Some(Ok(Applied::Duplicate));
         }
         if !recorded.is_empty() {
-            let scans = if recorded.len() == writes.count {
-                writes.scans
-            } else {
-                Writes::new(&recorded).scans
-            };
-            txn.execute_raw(statement(UPSERT_SCANS, scans)).await?;
+            txn.execute_raw(statement(UPSERT_SCANS, scan_params(&recorded))).await?;
             if let Some(moves) = case_moves(&recorded, &locked) {
                 txn.execute_raw(statement(MOVE_CASES, moves)).await?;
             }
@@ -198,69 +186,59 @@ fn finish(outcomes: Vec<Option<Outcome>>) -> Vec<Outcome> {
     outcomes.into_iter().map(|o| o.expect("every event of the batch has an outcome")).collect()
 }
 
-/// The parameters of the activity log insert and of the scan upsert, for some events sorted by
-/// case and event id.
-struct Writes {
-    count: usize,
-    activity: Vec<Value>,
-    scans: Vec<Value>,
+/// One array parameter: `value` of each event.
+fn column<'a>(
+    kind: ArrayType,
+    events: impl IntoIterator<Item = &'a ScanEvent>,
+    value: impl Fn(&ScanEvent) -> Value,
+) -> Value {
+    Value::Array(kind, Some(Box::new(events.into_iter().map(value).collect())))
 }
 
-impl Writes {
-    fn new(events: &[(usize, &ScanEvent)]) -> Self {
-        let events: Vec<&ScanEvent> = events.iter().map(|(_, event)| *event).collect();
-        let column = |f: &dyn Fn(&ScanEvent) -> Value| -> Vec<Value> {
-            events.iter().map(|event| f(event)).collect()
-        };
-        let case_ids = column(&|e| e.case_id.into());
-        let patient_ids = column(&|e| e.patient_id.clone().into());
-        let event_ids = column(&|e| e.event_id.into());
-        let scan_ids = column(&|e| e.scan_id.into());
-        let payloads = column(&|e| e.payload.get().to_owned().into());
-        let received = column(&|e| e.received_at.into());
-        let activity = vec![
-            array(ArrayType::BigInt, case_ids),
-            array(ArrayType::String, patient_ids),
-            array(ArrayType::Uuid, event_ids),
-            ACTION_SCAN_UPDATED.into(),
-            array(
-                ArrayType::String,
-                column(&|e| {
-                    format!("Scan {} updated for case {}", e.scan_id, e.case_number).into()
-                }),
-            ),
-            array(ArrayType::BigInt, scan_ids),
-            array(ArrayType::String, payloads),
-            array(ArrayType::String, column(&|e| e.signer.clone().unwrap_or_default().into())),
-            array(ArrayType::ChronoDateTimeUtc, received),
-        ];
+/// The parameters of the activity log insert, for events sorted by case and event id.
+fn activity_params(events: &[(usize, &ScanEvent)]) -> Vec<Value> {
+    let events = || events.iter().map(|(_, event)| *event);
+    vec![
+        column(ArrayType::BigInt, events(), |e| e.case_id.into()),
+        column(ArrayType::String, events(), |e| e.patient_id.clone().into()),
+        column(ArrayType::Uuid, events(), |e| e.event_id.into()),
+        ACTION_SCAN_UPDATED.into(),
+        column(ArrayType::String, events(), |e| {
+            format!("Scan {} updated for case {}", e.scan_id, e.case_number).into()
+        }),
+        column(ArrayType::BigInt, events(), |e| e.scan_id.into()),
+        column(ArrayType::String, events(), |e| e.payload.get().to_owned().into()),
+        column(ArrayType::String, events(), |e| e.signer.clone().unwrap_or_default().into()),
+        column(ArrayType::ChronoDateTimeUtc, events(), |e| e.received_at.into()),
+    ]
+}
 
-        // One row per scan: of two events of one scan, the later received.
-        let mut latest: BTreeMap<(i64, i64), &ScanEvent> = BTreeMap::new();
-        for event in &events {
-            let key = (event.case_id, event.scan_id);
-            if latest.get(&key).is_none_or(|kept| kept.received_at <= event.received_at) {
-                latest.insert(key, event);
-            }
+/// Of the events with the same key, the one received last.
+fn latest_by<'a, K: Ord>(
+    events: &[(usize, &'a ScanEvent)],
+    key: impl Fn(&ScanEvent) -> K,
+) -> Vec<&'a ScanEvent> {
+    let mut latest: BTreeMap<K, &ScanEvent> = BTreeMap::new();
+    for (_, event) in events {
+        let kept = latest.entry(key(event)).or_insert(event);
+        if kept.received_at <= event.received_at {
+            *kept = event;
         }
-        let rows: Vec<&ScanEvent> = latest.into_values().collect();
-        let column = |f: &dyn Fn(&ScanEvent) -> Value| -> Vec<Value> {
-            rows.iter().map(|event| f(event)).collect()
-        };
-        let scans = vec![
-            array(ArrayType::BigInt, column(&|e| e.case_id.into())),
-            array(ArrayType::String, column(&|e| e.patient_id.clone().into())),
-            array(ArrayType::BigInt, column(&|e| e.scan_id.into())),
-            array(ArrayType::String, column(&|e| e.payload.get().to_owned().into())),
-            array(ArrayType::Uuid, column(&|e| e.event_id.into())),
-            array(ArrayType::ChronoDateTimeUtc, column(&|e| e.received_at.into())),
-        ];
-        Self { count: events.len(), activity, scans }
     }
+    latest.into_values().collect()
 }
 
-fn array(kind: ArrayType, values: Vec<Value>) -> Value {
-    Value::Array(kind, Some(Box::new(values)))
+/// The parameters of the scan upsert: one row per scan, from the event of it received last.
+fn scan_params(recorded: &[(usize, &ScanEvent)]) -> Vec<Value> {
+    let rows = latest_by(recorded, |e| (e.case_id, e.scan_id));
+    vec![
+        column(ArrayType::BigInt, rows.iter().copied(), |e| e.case_id.into()),
+        column(ArrayType::String, rows.iter().copied(), |e| e.patient_id.clone().into()),
+        column(ArrayType::BigInt, rows.iter().copied(), |e| e.scan_id.into()),
+        column(ArrayType::String, rows.iter().copied(), |e| e.payload.get().to_owned().into()),
+        column(ArrayType::Uuid, rows.iter().copied(), |e| e.event_id.into()),
+        column(ArrayType::ChronoDateTimeUtc, rows.iter().copied(), |e| e.received_at.into()),
+    ]
 }
 
 /// The parameters that move each case to the latest received of its recorded events, unless
@@ -270,30 +248,20 @@ fn case_moves(
     recorded: &[(usize, &ScanEvent)],
     locked: &HashMap<i64, LockedCase>,
 ) -> Option<Vec<Value>> {
-    let mut latest: BTreeMap<i64, (i64, DateTime<Utc>)> = BTreeMap::new();
-    for (_, event) in recorded {
-        let shown = locked.get(&event.case_id).and_then(|case| case.scan_updated_at);
-        if shown.is_some_and(|shown| shown > event.received_at) {
-            continue;
-        }
-        let entry = latest.entry(event.case_id).or_insert((event.scan_id, event.received_at));
-        if entry.1 <= event.received_at {
-            *entry = (event.scan_id, event.received_at);
-        }
-    }
-    if latest.is_empty() {
+    let moves: Vec<&ScanEvent> = latest_by(recorded, |e| e.case_id)
+        .into_iter()
+        .filter(|event| {
+            let shown = locked.get(&event.case_id).and_then(|case| case.scan_updated_at);
+            shown.is_none_or(|shown| shown <= event.received_at)
+        })
+        .collect();
+    if moves.is_empty() {
         return None;
     }
-    let (mut ids, mut scans, mut times) = (Vec::new(), Vec::new(), Vec::new());
-    for (case_id, (scan_id, received_at)) in latest {
-        ids.push(case_id.into());
-        scans.push(scan_id.into());
-        times.push(received_at.into());
-    }
     Some(vec![
-        array(ArrayType::BigInt, ids),
-        array(ArrayType::BigInt, scans),
-        array(ArrayType::ChronoDateTimeUtc, times),
+        column(ArrayType::BigInt, moves.iter().copied(), |e| e.case_id.into()),
+        column(ArrayType::BigInt, moves.iter().copied(), |e| e.scan_id.into()),
+        column(ArrayType::ChronoDateTimeUtc, moves.iter().copied(), |e| e.received_at.into()),
     ])
 }
 

@@ -171,6 +171,17 @@ impl TestEnv {
     /// Publishes raw bytes straight into the work queue, as a misbehaving producer might.
     pub async fn publish_raw(&self, body: &[u8], properties: BasicProperties) {
         let (connection, channel) = self.broker().await;
+        self.publish_raw_on(&channel, body, properties).await;
+        connection.close(200, "done".into()).await.ok();
+    }
+
+    /// [`Self::publish_raw`] on a channel of [`Self::broker`], for many messages in a row.
+    pub async fn publish_raw_on(
+        &self,
+        channel: &Channel,
+        body: &[u8],
+        properties: BasicProperties,
+    ) {
         channel
             .basic_publish(
                 "".into(),
@@ -183,7 +194,6 @@ impl TestEnv {
             .expect("publish")
             .await
             .expect("confirm");
-        connection.close(200, "done".into()).await.ok();
     }
 
     /// Ready messages in each of this test's queues, by name (as the queue leader counts them).

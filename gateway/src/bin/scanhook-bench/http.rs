@@ -9,9 +9,8 @@ use http::header::HeaderValue;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
@@ -22,8 +21,6 @@ use scanhook_shared::Settings;
 
 use crate::{Load, SplitMix, body, case_number, patient_id, signer};
 
-/// As in gateway/src/server.rs (private there).
-const MAX_HEADER_LINES: usize = 100;
 const ROUTE_PREFIX: &str = "/v1/webhooks/scans/";
 
 /// Serves until killed: the gateway's listener and connection settings, the body read as the
@@ -46,12 +43,7 @@ pub async fn ceiling(settings: &Settings, listen: SocketAddr) -> Result<(), Stri
         let service = service_fn(move |request| async move {
             Ok::<_, Infallible>(answer(request, max_body).await)
         });
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(options.header_timeout)
-            .max_buf_size(options.parse_buffer)
-            .max_headers(MAX_HEADER_LINES)
-            .serve_connection(TokioIo::new(stream), service);
+        let connection = options.http1().serve_connection(TokioIo::new(stream), service);
         tokio::spawn(async move {
             let _ = connection.await;
         });
